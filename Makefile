@@ -1,0 +1,49 @@
+# The two commands: `make up` and `make test`. Each creates .venv if missing.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# torch is pinned to the CPU wheel first: an unpinned torch would pull GBs of CUDA.
+TORCH  := torch==2.13.0
+export RAY_AUTH_MODE ?= disabled
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+
+.PHONY: install up test test-unit test-integration test-gpu lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install -q --disable-pip-version-check $(TORCH)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## start the platform on its embedded defaults (configs/local.yaml); ARGS="--port 9000" etc.
+up: $(STAMP)
+	$(VENV)/bin/llmops up --config $(or $(CONFIG),configs/local.yaml) $(ARGS)
+
+## the whole test suite (GPU tests skip without a GPU)
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+test-unit: $(STAMP)
+	$(PY) -m pytest -q tests/unit
+
+test-integration: $(STAMP)
+	$(PY) -m pytest -q tests/integration
+
+test-gpu: $(STAMP)
+	$(PY) -m pytest -q tests/gpu
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy llmops services
+
+bench: $(STAMP)
+	$(PY) benchmarks/serving.py
+
+clean:
+	rm -rf $(VENV) .llmops .pytest_cache .mypy_cache .ruff_cache

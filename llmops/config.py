@@ -1,0 +1,151 @@
+"""The one typed config of the platform, loaded from YAML with ``LLMOPS_`` env overrides.
+
+The root model composes each area's own config (``services.config`` for the
+serving graph) and adds process-level settings. Unknown keys are errors that
+name the key; every field has a description and bounds.
+
+Environment overrides: ``LLMOPS_<FIELD>[__<FIELD>...]=value``, ``__`` separating
+nesting levels and list indexes, values parsed as YAML scalars; e.g.
+``LLMOPS_GATEWAY__PORT=9000`` or ``LLMOPS_MODELS__0__DEPLOYMENT__NUM_REPLICAS=2``.
+Variables whose first part names no root field (``LLMOPS_CONFIG``, say) are
+left alone, unless they use ``__`` (then a typo is an error, not ignored).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError
+
+from services.config import ServicesConfig
+from services.deployment_config import StrictModel
+
+ENV_PREFIX = "LLMOPS_"
+DEFAULT_CONFIG_FILE = "llmops.yaml"
+
+
+class RayConfig(StrictModel):
+    """How ``llmops up`` starts Ray on this machine (ignored on Kubernetes)."""
+
+    address: str | None = Field(
+        None, description="Join an existing cluster (e.g. 'auto'); default: start one."
+    )
+    num_cpus: float | None = Field(
+        None, gt=0, le=4096, description="Logical CPUs Ray schedules (default: all)."
+    )
+    num_gpus: float | None = Field(None, ge=0, le=64, description="GPUs Ray schedules (default: detected).")
+    node_ip_address: str = Field("127.0.0.1", description="Address Ray's own services bind to.")
+
+
+class LLMOpsConfig(ServicesConfig):
+    """Root config: the serving graph plus where data lives and how Ray starts."""
+
+    data_dir: str = Field("./.llmops", min_length=1, description="Directory for data the platform writes.")
+    ray: RayConfig = Field(default_factory=RayConfig, description="Local Ray start-up.")
+
+    def services(self) -> ServicesConfig:
+        """The part the Serve application is built from."""
+        return ServicesConfig.model_validate(self.model_dump(include=set(ServicesConfig.model_fields)))
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    path: str
+    message: str
+    value: Any
+
+
+class ConfigError(ValueError):
+    """A config that failed validation; ``issues`` lists each problem with its path."""
+
+    def __init__(self, source: str, issues: list[ConfigIssue]) -> None:
+        self.source = source
+        self.issues = issues
+        lines = [f"{source}: {len(issues)} error(s)"]
+        lines += [f"  {i.path}: {i.message} (got {_short(i.value)})" for i in issues]
+        super().__init__("\n".join(lines))
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _set_path(data: dict[str, Any], parts: list[str], value: Any, var: str) -> None:
+    node: Any = data
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(var, [ConfigIssue(".".join(parts[: i + 1]), "no such list index", part)])
+            idx = int(part)
+            if last:
+                node[idx] = value
+            else:
+                node = node[idx]
+            continue
+        if last:
+            node[part] = value
+        else:
+            node = node.setdefault(part, {})
+
+
+def env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """Apply ``LLMOPS_`` overrides to raw config data (see the module docstring)."""
+    fields = set(LLMOpsConfig.model_fields)
+    for var in sorted(environ):
+        if not var.startswith(ENV_PREFIX):
+            continue
+        parts = var[len(ENV_PREFIX) :].lower().split("__")
+        if parts[0] not in fields and len(parts) == 1:
+            continue  # LLMOPS_CONFIG, LLMOPS_TEST_MODEL, ...: not config fields
+        _set_path(data, parts, yaml.safe_load(environ[var]) if environ[var] else "", var)
+    return data
+
+
+def _defaults_with_lists(data: dict[str, Any]) -> dict[str, Any]:
+    # list overrides like LLMOPS_MODELS__0__... need the default lists present
+    defaults = LLMOpsConfig().model_dump(exclude_none=True)
+    for key in ("models", "embeddings"):
+        data.setdefault(key, defaults[key])
+    return data
+
+
+def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> LLMOpsConfig:
+    """Load and validate: ``path``, else ``$LLMOPS_CONFIG``, else ``./llmops.yaml`` if
+    present, else the built-in local defaults; then the env overrides."""
+    environ = os.environ if environ is None else environ
+    source = str(path or environ.get("LLMOPS_CONFIG") or "")
+    if not source and Path(DEFAULT_CONFIG_FILE).is_file():
+        source = DEFAULT_CONFIG_FILE
+    data: Any = {}
+    if source:
+        try:
+            data = yaml.safe_load(Path(source).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(source, [ConfigIssue("(file)", "no such file", source)]) from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(source, [ConfigIssue("(file)", f"not valid YAML: {exc}", None)]) from None
+        if not isinstance(data, dict):
+            raise ConfigError(source, [ConfigIssue("(root)", "the file must hold a mapping", data)])
+    data = env_overrides(_defaults_with_lists(data), environ)
+    return validate_config(data, source or "(built-in defaults)")
+
+
+def validate_config(data: dict[str, Any], source: str = "(config)") -> LLMOpsConfig:
+    try:
+        return LLMOpsConfig.model_validate(data)
+    except ValidationError as exc:
+        issues = []
+        for err in exc.errors(include_url=False):
+            path = ".".join(str(p) for p in err["loc"]) or "(root)"
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            issues.append(ConfigIssue(path, msg, err.get("input")))
+        raise ConfigError(source, issues) from None

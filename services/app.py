@@ -1,0 +1,44 @@
+"""The Serve application builder: ``services.app:build_app`` (also a Serve ``import_path``).
+
+One gateway (FastAPI ingress) in front of one generation deployment per
+configured model and one embedding deployment per embedding model; the gateway
+holds a ``DeploymentHandle`` to each.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from ray.serve import Application
+
+from services.config import ServicesConfig
+from services.embeddings.deployment import EmbeddingDeployment
+from services.gateway.app import Gateway
+from services.generation.deployment import GenerationDeployment
+
+
+def deployment_name(kind: str, model: str) -> str:
+    """A Serve deployment name for a model id (Serve names allow no '/' or ':')."""
+    return f"{kind}-{re.sub(r'[^A-Za-z0-9_.-]', '_', model)}"
+
+
+def build_app(config: ServicesConfig | dict[str, Any]) -> Application:
+    """Bind the whole serving graph from a config (the model, or its dict form)."""
+    cfg = config if isinstance(config, ServicesConfig) else ServicesConfig.model_validate(config)
+    embeddings = [e.model_dump() for e in cfg.embeddings]
+    generation = {
+        m.name: GenerationDeployment.options(  # type: ignore[attr-defined]
+            **m.deployment.serve_options(deployment_name("generation", m.name))
+        ).bind(m.model_dump(), embeddings)
+        for m in cfg.models
+    }
+    embedding = {
+        e.name: EmbeddingDeployment.options(  # type: ignore[attr-defined]
+            **e.deployment.serve_options(deployment_name("embedding", e.name))
+        ).bind(e.model_dump())
+        for e in cfg.embeddings
+    }
+    return Gateway.options(  # type: ignore[attr-defined]
+        **cfg.gateway.deployment.serve_options("gateway")
+    ).bind(cfg.gateway.model_dump(), cfg.auth.model_dump(), generation, embedding)

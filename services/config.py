@@ -1,0 +1,60 @@
+"""The serving graph's config: gateway, auth, generation and embedding models.
+
+Composed from each area's own models; ``llmops.config`` adds the process-level
+settings (data directory, Ray) on top. Cross-field rules that span areas live here.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from services.deployment_config import StrictModel
+from services.embeddings.config import EmbeddingModelConfig
+from services.gateway.config import AuthConfig, GatewayConfig, is_loopback
+from services.generation.config import ExtractiveModelConfig, GenerationModelConfig
+
+
+def _default_models() -> list[GenerationModelConfig]:
+    return [ExtractiveModelConfig(name="extractive", engine="extractive")]
+
+
+class ServicesConfig(StrictModel):
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig, description="HTTP front door.")
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys and tenants.")
+    embeddings: list[EmbeddingModelConfig] = Field(
+        default_factory=lambda: [EmbeddingModelConfig()],
+        description="Embedding models served on /v1/embeddings.",
+    )
+    models: list[GenerationModelConfig] = Field(
+        default_factory=_default_models,
+        description="Generation models served on /v1/chat/completions and /v1/completions.",
+    )
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> ServicesConfig:
+        names = [m.name for m in self.models] + [e.name for e in self.embeddings]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"model names must be unique across models and embeddings; repeated: {dupes}")
+        if not self.models and not self.embeddings:
+            raise ValueError("configure at least one model under 'models' or 'embeddings'")
+        emb_names = {e.name for e in self.embeddings}
+        for i, m in enumerate(self.models):
+            if isinstance(m, ExtractiveModelConfig):
+                if not self.embeddings:
+                    raise ValueError(
+                        f"models[{i}] ({m.name}): the extractive engine needs an embedding model"
+                    )
+                if m.embedding_model is not None and m.embedding_model not in emb_names:
+                    raise ValueError(
+                        f'models[{i}].embedding_model: got "{m.embedding_model}", '
+                        f"which is not under 'embeddings' ({sorted(emb_names)})"
+                    )
+        if not self.auth.enabled and not is_loopback(self.gateway.host):
+            raise ValueError(
+                f'auth.enabled is false but gateway.host is "{self.gateway.host}": auth may be off only '
+                "when bound to loopback (127.0.0.1, ::1, localhost)"
+            )
+        if self.auth.enabled and not self.auth.keys:
+            raise ValueError("auth.enabled is true but auth.keys is empty: no client could authenticate")
+        return self

@@ -1,0 +1,354 @@
+"""OpenAI protocol logic of the gateway: turns wire requests into calls on the
+model deployments and their results into OpenAI responses and SSE streams.
+
+Free of FastAPI: :mod:`services.gateway.app` is the thin HTTP glue. The model
+deployments are reached through Ray Serve ``DeploymentHandle``s (or anything
+with the same ``.remote`` surface, in tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.errors import InvalidRequestError, LLMOpsError, ModelNotFoundError, UnsupportedParameterError
+from services.gateway.errors import envelope, unwrap
+from services.gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from services.generation.protocol import GenerationChunk, GenerationRequest, SamplingParams, TokenLogprob
+
+DONE = "data: [DONE]\n\n"
+logger = logging.getLogger("llmops.gateway")
+
+
+@dataclass
+class _Choice:
+    text: list[str] = field(default_factory=list)
+    tokens: int = 0
+    finish_reason: str | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+
+def _sse(obj: dict[str, Any]) -> str:
+    return f"data: {json.dumps(obj, separators=(',', ':'), ensure_ascii=False)}\n\n"
+
+
+def _chat_logprobs(items: list[TokenLogprob] | tuple[TokenLogprob, ...]) -> dict[str, Any]:
+    return {
+        "content": [
+            {
+                "token": lp.token,
+                "logprob": lp.logprob,
+                "bytes": list(lp.token.encode()),
+                "top_logprobs": [{"token": t, "logprob": v, "bytes": list(t.encode())} for t, v in lp.top],
+            }
+            for lp in items
+        ]
+    }
+
+
+def _completion_logprobs(
+    items: list[TokenLogprob] | tuple[TokenLogprob, ...], offset: int = 0
+) -> dict[str, Any]:
+    offsets, pos = [], offset
+    for lp in items:
+        offsets.append(pos)
+        pos += len(lp.token)
+    return {
+        "tokens": [lp.token for lp in items],
+        "token_logprobs": [lp.logprob for lp in items],
+        "top_logprobs": [dict(lp.top) for lp in items],
+        "text_offset": offsets,
+    }
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+class OpenAIServing:
+    """Chat, completions, embeddings and the model list over deployment handles."""
+
+    def __init__(self, generation: dict[str, Any], embeddings: dict[str, Any]) -> None:
+        self._gen = generation
+        self._emb = embeddings
+        self._infos: dict[str, dict[str, Any]] | None = None
+        self._created = int(time.time())
+
+    # -- models ---------------------------------------------------------------------
+    async def model_infos(self) -> dict[str, dict[str, Any]]:
+        """``info()`` of every deployment, fetched once (they are static)."""
+        if self._infos is None:
+            handles = {**self._gen, **self._emb}
+            infos = await asyncio.gather(*(h.info.remote() for h in handles.values()))
+            self._infos = dict(zip(handles, infos, strict=True))
+        return self._infos
+
+    async def list_models(self) -> dict[str, Any]:
+        infos = await self.model_infos()
+        return {"object": "list", "data": [self._model_card(i) for i in infos.values()]}
+
+    async def get_model(self, model: str) -> dict[str, Any]:
+        infos = await self.model_infos()
+        if model not in infos:
+            raise ModelNotFoundError(f"The model '{model}' does not exist.", param="model", value=model)
+        return self._model_card(infos[model])
+
+    def _model_card(self, info: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "id": info["id"],
+            "object": "model",
+            "created": self._created,
+            "owned_by": "llmops",
+            "kind": info["kind"],
+            "engine": info["engine"],
+            "context_length": info["context_length"],
+        }
+
+    def _generation_handle(self, model: str) -> Any:
+        handle = self._gen.get(model)
+        if handle is None:
+            if model in self._emb:
+                raise InvalidRequestError(
+                    f"The model '{model}' is an embedding model; use /v1/embeddings.",
+                    param="model",
+                    value=model,
+                )
+            raise ModelNotFoundError(f"The model '{model}' does not exist.", param="model", value=model)
+        return handle
+
+    # -- chat and completions ---------------------------------------------------------
+    async def chat(self, req: ChatCompletionRequest, request_id: str) -> dict[str, Any] | AsyncIterator[str]:
+        handle = self._generation_handle(req.model)
+        greq = GenerationRequest(request_id=request_id, params=req.sampling(), messages=req.chat_messages())
+        created, cid = int(time.time()), f"chatcmpl-{request_id}"
+        want_logprobs = greq.params.logprobs is not None
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            stream = await self._open_stream(handle, greq)
+            return self._chat_sse(stream, cid, created, req.model, greq.params, include_usage, want_logprobs)
+        choices, prompt_tokens = _collect(await handle.generate.remote(greq))
+        return {
+            "id": cid,
+            "object": "chat.completion",
+            "created": created,
+            "model": req.model,
+            "choices": [
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": "".join(c.text)},
+                    "logprobs": _chat_logprobs(c.logprobs) if want_logprobs else None,
+                    "finish_reason": c.finish_reason,
+                }
+                for i, c in sorted(choices.items())
+            ],
+            "usage": _usage(prompt_tokens, sum(c.tokens for c in choices.values())),
+        }
+
+    async def completions(
+        self, req: CompletionRequest, request_id: str
+    ) -> dict[str, Any] | AsyncIterator[str]:
+        handle = self._generation_handle(req.model)
+        params = req.sampling()
+        prompts = req.prompts()
+        created, cid = int(time.time()), f"cmpl-{request_id}"
+        want_logprobs = params.logprobs is not None
+        greqs = [
+            GenerationRequest(
+                request_id=f"{request_id}-{i}" if len(prompts) > 1 else request_id, params=params, prompt=p
+            )
+            for i, p in enumerate(prompts)
+        ]
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            if len(greqs) > 1:
+                raise UnsupportedParameterError(
+                    "streaming supports one prompt per request", param="prompt", value=len(greqs)
+                )
+            stream = await self._open_stream(handle, greqs[0])
+            return self._completion_sse(stream, cid, created, req.model, include_usage, want_logprobs)
+        results = await asyncio.gather(*(handle.generate.remote(g) for g in greqs))
+        out, prompt_total, completion_total = [], 0, 0
+        for p_idx, chunks in enumerate(results):
+            choices, prompt_tokens = _collect(chunks)
+            prompt_total += prompt_tokens
+            for i, c in sorted(choices.items()):
+                completion_total += c.tokens
+                out.append(
+                    {
+                        "index": p_idx * params.n + i,
+                        "text": "".join(c.text),
+                        "logprobs": _completion_logprobs(c.logprobs) if want_logprobs else None,
+                        "finish_reason": c.finish_reason,
+                    }
+                )
+        return {
+            "id": cid,
+            "object": "text_completion",
+            "created": created,
+            "model": req.model,
+            "choices": out,
+            "usage": _usage(prompt_total, completion_total),
+        }
+
+    async def _open_stream(self, handle: Any, greq: GenerationRequest) -> AsyncIterator[GenerationChunk]:
+        """Start a streaming call and wait for its first chunk, so that validation
+        errors (context length, unsupported parameter) still become a proper HTTP
+        error instead of a broken 200 stream."""
+        gen = handle.generate_stream.options(stream=True).remote(greq)
+        try:
+            first = await gen.__anext__()
+        except StopAsyncIteration:
+            first = None
+        except BaseException:
+            gen.cancel()
+            raise
+
+        async def chunks() -> AsyncIterator[GenerationChunk]:
+            finished = False
+            try:
+                if first is not None:
+                    yield first
+                async for chunk in gen:
+                    yield chunk
+                finished = True
+            finally:
+                if not finished:
+                    # the client went away (or the stream broke): stop the engine's work
+                    gen.cancel()
+
+        return chunks()
+
+    async def _chat_sse(
+        self,
+        chunks: AsyncIterator[GenerationChunk],
+        cid: str,
+        created: int,
+        model: str,
+        params: SamplingParams,
+        include_usage: bool,
+        want_logprobs: bool,
+    ) -> AsyncIterator[str]:
+        base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model}
+        extra = {"usage": None} if include_usage else {}
+        started: set[int] = set()
+        prompt_tokens, completion_tokens = 0, 0
+        try:
+            async for ch in chunks:
+                completion_tokens += ch.num_tokens
+                if ch.prompt_tokens is not None and ch.index not in started:
+                    prompt_tokens = ch.prompt_tokens
+                delta: dict[str, Any] = {"content": ch.text}
+                if ch.index not in started:
+                    started.add(ch.index)
+                    delta = {"role": "assistant", "content": ch.text}
+                elif not ch.text and ch.finish_reason:
+                    delta = {}  # a bare end-of-choice chunk
+                choice = {
+                    "index": ch.index,
+                    "delta": delta,
+                    "logprobs": _chat_logprobs(ch.logprobs or ()) if want_logprobs else None,
+                    "finish_reason": ch.finish_reason,
+                }
+                yield _sse({**base, "choices": [choice], **extra})
+            if include_usage:
+                yield _sse({**base, "choices": [], "usage": _usage(prompt_tokens, completion_tokens)})
+        except Exception as exc:  # after the 200 went out, errors travel in the stream
+            yield _stream_error(exc, cid)
+        yield DONE
+
+    async def _completion_sse(
+        self,
+        chunks: AsyncIterator[GenerationChunk],
+        cid: str,
+        created: int,
+        model: str,
+        include_usage: bool,
+        want_logprobs: bool,
+    ) -> AsyncIterator[str]:
+        base = {"id": cid, "object": "text_completion", "created": created, "model": model}
+        extra = {"usage": None} if include_usage else {}
+        prompt_tokens, completion_tokens = 0, 0
+        offsets: dict[int, int] = {}
+        try:
+            async for ch in chunks:
+                completion_tokens += ch.num_tokens
+                if ch.prompt_tokens is not None:
+                    prompt_tokens = ch.prompt_tokens
+                lp = None
+                if want_logprobs:
+                    lp = _completion_logprobs(ch.logprobs or (), offsets.get(ch.index, 0))
+                offsets[ch.index] = offsets.get(ch.index, 0) + len(ch.text)
+                choice = {
+                    "index": ch.index,
+                    "text": ch.text,
+                    "logprobs": lp,
+                    "finish_reason": ch.finish_reason,
+                }
+                yield _sse({**base, "choices": [choice], **extra})
+            if include_usage:
+                yield _sse({**base, "choices": [], "usage": _usage(prompt_tokens, completion_tokens)})
+        except Exception as exc:
+            yield _stream_error(exc, cid)
+        yield DONE
+
+    # -- embeddings -------------------------------------------------------------------
+    async def embeddings(self, req: EmbeddingRequest) -> dict[str, Any]:
+        handle = self._emb.get(req.model)
+        if handle is None:
+            if req.model in self._gen:
+                raise InvalidRequestError(
+                    f"The model '{req.model}' is not an embedding model.", param="model", value=req.model
+                )
+            raise ModelNotFoundError(
+                f"The model '{req.model}' does not exist.", param="model", value=req.model
+            )
+        if req.dimensions is not None:
+            dim = (await self.model_infos())[req.model]["dimension"]
+            if req.dimensions != dim:
+                raise UnsupportedParameterError(
+                    f"The model '{req.model}' does not support 'dimensions': its embeddings always have "
+                    f"{dim} dimensions (got {req.dimensions}).",
+                    param="dimensions",
+                    value=req.dimensions,
+                )
+        result = await handle.embed.remote(req.texts())
+        if req.encoding_format == "base64":
+            data = [base64.b64encode(row.astype("<f4").tobytes()).decode() for row in result.vectors]
+        else:
+            data = result.vectors.tolist()
+        return {
+            "object": "list",
+            "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(data)],
+            "model": req.model,
+            "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
+        }
+
+
+def _collect(chunks: list[GenerationChunk]) -> tuple[dict[int, _Choice], int]:
+    choices: dict[int, _Choice] = {}
+    prompt_tokens = 0
+    for ch in chunks:
+        c = choices.setdefault(ch.index, _Choice())
+        c.text.append(ch.text)
+        c.tokens += ch.num_tokens
+        if ch.finish_reason is not None:
+            c.finish_reason = ch.finish_reason
+        if ch.logprobs:
+            c.logprobs.extend(ch.logprobs)
+        if ch.prompt_tokens is not None:
+            prompt_tokens = ch.prompt_tokens
+    return choices, prompt_tokens
+
+
+def _stream_error(exc: BaseException, cid: str) -> str:
+    cause = unwrap(exc)
+    if isinstance(cause, LLMOpsError):
+        return _sse(envelope(cause.message, cause.error_type, cause.param, cause.code))
+    logger.error("stream %s failed", cid, exc_info=cause)
+    return _sse(envelope(f"internal error, request id {cid}", "server_error", None, "internal_error"))

@@ -1,0 +1,92 @@
+"""`llmops up` as a user runs it: serves, answers the CLI clients, and leaves no process behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tests.integration.conftest import free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _wait_banner(proc: subprocess.Popen[str], lines: list[str], timeout_s: float = 240) -> None:
+    """Wait for the start-up banner (printed once /readyz answers 200)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"llmops up exited early with {proc.returncode}: {''.join(lines)}"
+        if any("Ctrl-C stops everything" in line for line in lines):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"llmops up did not become ready: {''.join(lines)}")
+
+
+def _llmops(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "llmops.cli", *args], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_up_serves_then_stops_without_orphans(sig: signal.Signals, tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "LLMOPS_DATA_DIR": str(tmp_path / "data"), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmops.cli", "up", "--config", "configs/local.yaml", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    try:
+        _wait_banner(proc, lines)
+        assert httpx.get(f"{url}/readyz").status_code == 200
+        if sig == signal.SIGINT:  # the CLI clients, once
+            models = _llmops("models", "--url", url)
+            assert models.returncode == 0, models.stderr
+            assert "extractive" in models.stdout and "embedding" in models.stdout
+            chat = _llmops(
+                "chat",
+                "--url",
+                url,
+                "--system",
+                "Oslo is the capital of Norway. Lima is in Peru.",
+                "What is the capital of Norway?",
+            )
+            assert chat.returncode == 0, chat.stderr
+            assert chat.stdout.strip().startswith("Oslo is the capital of Norway.")
+        tree = psutil.Process(proc.pid).children(recursive=True)
+        assert any("raylet" in p.name() or "gcs_server" in p.name() for p in tree)
+        proc.send_signal(sig)
+        proc.wait(timeout=90)
+        reader.join(timeout=10)
+        out = "".join(lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert "llmops is ready" in out and "stopped." in out
+    assert "OFF — allowed only because the gateway is bound to loopback" in out
+    assert f"curl -s {url}/v1/chat/completions" in out
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(
+        p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in tree
+    ):
+        time.sleep(0.5)
+    left = [f"{p.pid} {p.name()}" for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert left == [], f"orphaned processes: {left}"
