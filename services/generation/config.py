@@ -82,7 +82,19 @@ class VLLMModelConfig(_ModelBase):
     )
 
 
+class FixedModelConfig(_ModelBase):
+    """Zero-work engine that always answers ``text``: for load tests and overhead benchmarks."""
+
+    engine: Literal["fixed"] = Field(description="Engine kind.")
+    text: str = Field(
+        "This is a fixed answer.",
+        min_length=1,
+        max_length=100_000,
+        description="The answer to every request.",
+    )
+
+
 GenerationModelConfig = Annotated[
-    ExtractiveModelConfig | TransformersModelConfig | VLLMModelConfig,
+    ExtractiveModelConfig | TransformersModelConfig | VLLMModelConfig | FixedModelConfig,
     Field(discriminator="engine"),
 ]

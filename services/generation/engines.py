@@ -9,6 +9,7 @@ from __future__ import annotations
 from services.embeddings.config import EmbeddingModelConfig
 from services.generation.config import (
     ExtractiveModelConfig,
+    FixedModelConfig,
     GenerationModelConfig,
     TransformersModelConfig,
     VLLMModelConfig,
@@ -31,6 +32,10 @@ def build_engine(config: GenerationModelConfig, embeddings: list[EmbeddingModelC
         from services.generation.vllm_engine import VLLMEngine
 
         return VLLMEngine(config)
+    if isinstance(config, FixedModelConfig):
+        from services.generation.fixed import FixedEngine
+
+        return FixedEngine(config)
     raise TypeError(f"unknown engine config {type(config).__name__}")
 
 

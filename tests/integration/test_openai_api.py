@@ -263,12 +263,15 @@ async def test_client_disconnect_cancels_generation(platform: Platform) -> None:
         "messages": [{"role": "user", "content": "go on"}],
         "stop": ["<never>"],
     }
-    async with httpx.AsyncClient(timeout=60) as http, http.stream(
-        "POST",
-        f"{platform.url}/v1/chat/completions",
-        json=body,
-        headers={"Authorization": f"Bearer {KEYS['acme']}"},
-    ) as r:
+    async with (
+        httpx.AsyncClient(timeout=60) as http,
+        http.stream(
+            "POST",
+            f"{platform.url}/v1/chat/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {KEYS['acme']}"},
+        ) as r,
+    ):
         assert r.status_code == 200
         async for line in r.aiter_lines():
             if line.startswith("data: "):
