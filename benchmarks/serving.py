@@ -9,13 +9,13 @@ Not a test: prints ratios measured side by side in one run on this machine.
    DeploymentHandle -> worker returning fixed text), both deployed at once and
    measured alternately, at 1 and 16 concurrent clients, with ``wrk`` as the
    load generator in its own process. Repeated under each ingress mode Ray 2.60
-   offers (its default proxy; HAProxy ingress; HAProxy + throughput-optimized
-   gRPC data plane), each in a fresh Ray cluster because the modes are chosen by
-   environment variables read at start-up.
+   offers (Serve's Python proxy; HAProxy ingress; HAProxy + the throughput-
+   optimized gRPC data plane, the platform's default), each in a fresh Ray
+   cluster because Serve reads these switches at start-up.
 2. Embeddings. 32 concurrent single-text requests through the API against raw
    ``SentenceTransformer.encode`` at batch 32 in this process, in texts/s.
 
-Usage: python benchmarks/serving.py [--duration 8] [--modes default,haproxy,haproxy+tput]
+Usage: python benchmarks/serving.py [--duration 8] [--modes serve-proxy,haproxy,haproxy+tput]
 Needs ``wrk`` (Debian package; ``make bench`` installs it).
 """
 
@@ -38,10 +38,11 @@ from fastapi import FastAPI, Request  # module level: FastAPI resolves the annot
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-MODES: dict[str, dict[str, str]] = {
-    "default": {},
-    "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1"},
-    "haproxy+tput": {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+# ingress mode -> gateway config (llmops up turns these into Ray Serve's env switches)
+MODES: dict[str, dict[str, Any]] = {
+    "serve-proxy": {"ingress": "serve-proxy", "throughput_optimized": False},
+    "haproxy": {"ingress": "haproxy", "throughput_optimized": False},
+    "haproxy+tput": {"ingress": "haproxy", "throughput_optimized": True},
 }
 FIXED_TEXT = "The quick brown fox jumps over the lazy dog."
 CHAT_BODY = {"model": "fixed", "messages": [{"role": "user", "content": "Say something."}], "max_tokens": 16}
@@ -126,7 +127,6 @@ def _median_of(runs: list[dict[str, float]]) -> dict[str, float]:
 
 # -- one mode, in its own process (Ray reads the ingress env vars at start) ----------------------
 def run_mode(mode: str, duration: float, reps: int, embeddings: bool) -> dict[str, Any]:
-    os.environ.update(MODES[mode])
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     from ray import serve
@@ -137,8 +137,16 @@ def run_mode(mode: str, duration: float, reps: int, embeddings: bool) -> dict[st
     port = _free_port()
     cfg = validate_config(
         {
-            "gateway": {"port": port},
-            "embeddings": [{"name": "minilm", "max_batch_size": 32, "deployment": {"num_cpus": 0.25}}],
+            "gateway": {"port": port, **MODES[mode]},
+            # the encoder gets the machine's threads, as the raw encode it is compared with does
+            "embeddings": [
+                {
+                    "name": "minilm",
+                    "max_batch_size": 32,
+                    "torch_threads": os.cpu_count() or 1,
+                    "deployment": {"num_cpus": 0.25, "max_ongoing_requests": 64},
+                }
+            ],
             "models": [
                 {
                     "name": "fixed",
@@ -215,7 +223,7 @@ def main() -> int:
     p.add_argument("--_mode", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args._mode:
-        res = run_mode(args._mode, args.duration, args.reps, embeddings=args._mode == "default")
+        res = run_mode(args._mode, args.duration, args.reps, embeddings=True)
         print("RESULT " + json.dumps(res))
         return 0
     if shutil.which("wrk") is None:

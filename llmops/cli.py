@@ -63,6 +63,9 @@ def start_platform(cfg: LLMOpsConfig, ready_timeout_s: float = 600.0, handle_sig
     if cfg.ray.address:
         init_kwargs["address"] = cfg.ray.address
     else:
+        # read by Serve when it starts, so only for a cluster we start ourselves
+        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1" if cfg.gateway.ingress == "haproxy" else "0"
+        os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1" if cfg.gateway.throughput_optimized else "0"
         if _loopback(cfg.ray.node_ip_address):
             # Ray binds its gRPC servers to the node IP; on Linux it swaps a loopback
             # node IP for the machine's external one unless this is off. Off keeps

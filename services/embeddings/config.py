@@ -24,6 +24,12 @@ class EmbeddingModelConfig(StrictModel):
     batch_wait_timeout_s: float = Field(
         0.005, ge=0, le=10, description="How long the first request of a batch waits for others to join."
     )
+    torch_threads: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="Intra-op threads one replica encodes with (default: Ray's choice, the replica's num_cpus).",
+    )
     max_input_tokens: int | None = Field(
         None,
         ge=1,

@@ -6,9 +6,11 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
+from ray import serve
 
 from llmops.cli import start_platform, stop_platform
 from llmops.config import LLMOpsConfig, validate_config
@@ -17,6 +19,16 @@ from tests.fixtures.tiny_hf_model import build_tiny_model
 
 KEYS = {"acme": "sk-test-acme-key", "globex": "sk-test-globex-key"}
 TINY = "tiny-llama"
+
+
+def deployment_call(deployment: str, method: str) -> Any:
+    """Call a deployment method from the test driver, synchronously.
+
+    Sync on purpose: a handle used inside a test's own event loop is bound to
+    that loop, which pytest closes after the test.
+    """
+    handle = serve.get_deployment_handle(deployment, app_name="llmops")
+    return getattr(handle, method).remote().result(timeout_s=60)
 
 
 def free_port() -> int:

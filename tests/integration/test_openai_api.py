@@ -9,9 +9,8 @@ import httpx
 import numpy as np
 import openai
 import pytest
-from ray import serve
 
-from tests.integration.conftest import KEYS, TINY, Platform
+from tests.integration.conftest import KEYS, TINY, Platform, deployment_call
 
 pytestmark = pytest.mark.integration
 
@@ -150,8 +149,8 @@ async def test_concurrent_embeddings_are_batched(platform: Platform) -> None:
         *(client.embeddings.create(model="all-minilm-l6-v2", input=f"text number {i}") for i in range(32))
     )
     assert len(results) == 32
-    handle = serve.get_deployment_handle("embedding-all-minilm-l6-v2", app_name="llmops")
-    assert max(await handle.batch_stats.remote()) > 1
+    sizes = await asyncio.to_thread(deployment_call, "embedding-all-minilm-l6-v2", "batch_stats")
+    assert max(sizes) > 1
 
 
 @pytest.mark.parametrize(
@@ -253,8 +252,7 @@ def test_every_response_has_request_id(platform: Platform) -> None:
 
 
 async def test_client_disconnect_cancels_generation(platform: Platform) -> None:
-    handle = serve.get_deployment_handle(f"generation-{TINY}", app_name="llmops")
-    before = await handle.stats.remote()
+    before = await asyncio.to_thread(deployment_call, f"generation-{TINY}", "stats")
     body = {
         "model": TINY,
         "stream": True,
@@ -277,7 +275,7 @@ async def test_client_disconnect_cancels_generation(platform: Platform) -> None:
             if line.startswith("data: "):
                 break  # one chunk read, then hang up
     for _ in range(200):
-        stats = await handle.stats.remote()
+        stats = await asyncio.to_thread(deployment_call, f"generation-{TINY}", "stats")
         if stats["aborted"] > before["aborted"] and stats["active"] == 0:
             break
         await asyncio.sleep(0.1)
