@@ -22,7 +22,7 @@ install: $(STAMP)
 
 ## start the platform on its embedded defaults (configs/local.yaml); ARGS="--port 9000" etc.
 up: $(STAMP)
-	$(VENV)/bin/llmops up --config $(or $(CONFIG),configs/local.yaml) $(ARGS)
+	$(VENV)/bin/llmops up --config $(or $(CONFIG),configs/local.yaml) --sample-corpus $(ARGS)
 
 ## the whole test suite (GPU tests skip without a GPU)
 test: $(STAMP)
@@ -40,7 +40,7 @@ test-gpu: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy llmops services
+	$(VENV)/bin/mypy llmops services pipelines evals
 
 bench: $(STAMP)
 	$(PY) benchmarks/serving.py

@@ -66,6 +66,11 @@ def start_platform(cfg: LLMOpsConfig, ready_timeout_s: float = 600.0, handle_sig
         # read by Serve when it starts, so only for a cluster we start ourselves
         os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1" if cfg.gateway.ingress == "haproxy" else "0"
         os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1" if cfg.gateway.throughput_optimized else "0"
+        # An ingress replica behind HAProxy keeps draining for 30 s by default so a
+        # load balancer can route around it; on one machine that is shutting down
+        # as a whole there is nothing to route to, so Ctrl-C need not wait that long.
+        os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
+        os.environ.setdefault("RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S", "2")
         if _loopback(cfg.ray.node_ip_address):
             # Ray binds its gRPC servers to the node IP; on Linux it swaps a loopback
             # node IP for the machine's external one unless this is off. Off keeps
@@ -117,8 +122,48 @@ def stop_platform() -> None:
             ray.shutdown()
 
 
-def banner(cfg: LLMOpsConfig, url: str) -> str:
-    chat = [m.name for m in cfg.models]
+def seed_sample_corpus(cfg: LLMOpsConfig, url: str) -> str | None:
+    """Load the SQuAD sample paragraphs into the first collection if it is empty.
+
+    Goes through the running platform's API, so the documents get the same
+    validation, chunking and ids as any online write. Returns a line for the
+    banner, or None when there is nothing to do.
+    """
+    import httpx
+
+    from evals.datasets import sample_corpus
+
+    if not (cfg.retrieval.enabled and cfg.retrieval.collections):
+        return None
+    name = cfg.retrieval.collections[0].name
+    headers = (
+        {"Authorization": f"Bearer {os.environ['LLMOPS_API_KEY']}"}
+        if os.environ.get("LLMOPS_API_KEY")
+        else {}
+    )
+    with httpx.Client(base_url=url, headers=headers, timeout=600) as http:
+        cols = http.get("/v1/collections")
+        cols.raise_for_status()
+        points = {c["name"]: c["points"] for c in cols.json()["data"]}
+        if points.get(name):
+            return f"  sample corpus   collection '{name}' already holds {points[name]} chunks"
+        docs = sample_corpus()
+        from rich.progress import Progress
+
+        with Progress(transient=True) as progress:
+            task = progress.add_task(f"loading the sample corpus into '{name}'", total=len(docs))
+            for i in range(0, len(docs), 64):
+                batch = [
+                    {"id": d.doc_id, "text": d.text, "metadata": d.metadata, "source": d.source}
+                    for d in docs[i : i + 64]
+                ]
+                http.post(f"/v1/collections/{name}/documents", json={"documents": batch}).raise_for_status()
+                progress.advance(task, len(batch))
+    return f"  sample corpus   {len(docs)} SQuAD 2.0 paragraphs (CC BY-SA 4.0) loaded into '{name}'"
+
+
+def banner(cfg: LLMOpsConfig, url: str, extra: list[str] | None = None) -> str:
+    chat = [m.name for m in cfg.models] + [r.name for r in cfg.rag]
     emb = [e.name for e in cfg.embeddings]
     auth = (
         f"ON ({len(cfg.auth.keys)} key(s))"
@@ -126,9 +171,18 @@ def banner(cfg: LLMOpsConfig, url: str) -> str:
         else f"OFF — allowed only because the gateway is bound to loopback ({cfg.gateway.host})"
     )
     key = "Authorization: Bearer $LLMOPS_API_KEY" if cfg.auth.enabled else ""
-    model = chat[0] if chat else ""
     curl_auth = f' -H "{key}"' if key else ""
-    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Hello!"}]})
+    if cfg.rag:  # ask the RAG model something the sample corpus answers
+        body = json.dumps(
+            {
+                "model": cfg.rag[0].name,
+                "messages": [{"role": "user", "content": "Who was the leader of the Normans?"}],
+            }
+        )
+    else:
+        body = json.dumps(
+            {"model": chat[0] if chat else "", "messages": [{"role": "user", "content": "Hello!"}]}
+        )
     lines = [
         "llmops is ready",
         f"  OpenAI API      {url}/v1   (chat/completions, completions, embeddings, models)",
@@ -137,6 +191,7 @@ def banner(cfg: LLMOpsConfig, url: str) -> str:
         f"  embedding       {', '.join(emb) or '-'}",
         f"  auth            {auth}",
         f"  data            {Path(cfg.data_dir).resolve()}",
+        *(extra or []),
         "",
         "Try:",
         f"  curl -s {url}/v1/chat/completions -H 'Content-Type: application/json'{curl_auth} \\",
@@ -168,7 +223,15 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         print(f"starting llmops on {cfg.gateway.host}:{cfg.gateway.port} ...", flush=True)
         url = start_platform(cfg, args.ready_timeout, handle_sigterm=True)
-        print(banner(cfg, url), flush=True)
+        extra = []
+        if args.sample_corpus:
+            line = seed_sample_corpus(cfg, url)
+            if line:
+                extra.append(line)
+        if cfg.retrieval.enabled:
+            store = cfg.services().retrieval.vector_store
+            extra.append(f"  vector store    {store.url or 'embedded Qdrant at ' + str(store.path)}")
+        print(banner(cfg, url, extra), flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
@@ -300,6 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--host", help="bind address (default from config: 127.0.0.1)")
     up.add_argument("--port", type=int, help="HTTP port (default from config: 8000)")
     up.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for readiness (600)")
+    up.add_argument(
+        "--sample-corpus",
+        action="store_true",
+        help="load the SQuAD sample paragraphs into the first collection when it is empty",
+    )
     up.set_defaults(func=cmd_up)
 
     cfg = sub.add_parser("config", help="check or show a config")
@@ -317,6 +385,12 @@ def build_parser() -> argparse.ArgumentParser:
     kc.add_argument("--tenant", required=True)
     kc.add_argument("--name")
     kc.set_defaults(func=cmd_keys_create)
+
+    from evals.cli import add_parser as add_eval
+    from pipelines.ingest.cli import add_parser as add_ingest
+
+    add_ingest(sub, load_config)
+    add_eval(sub, load_config=load_config)
 
     for name, helptext, func in (
         ("models", "list the models the server offers", cmd_models),

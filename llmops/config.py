@@ -49,8 +49,13 @@ class LLMOpsConfig(ServicesConfig):
     ray: RayConfig = Field(default_factory=RayConfig, description="Local Ray start-up.")
 
     def services(self) -> ServicesConfig:
-        """The part the Serve application is built from."""
-        return ServicesConfig.model_validate(self.model_dump(include=set(ServicesConfig.model_fields)))
+        """The part the Serve application is built from, with local paths made absolute
+        (replicas do not share the driver's working directory)."""
+        data = self.model_dump(include=set(ServicesConfig.model_fields))
+        store = data["retrieval"]["vector_store"]
+        if store["url"] is None:
+            store["path"] = str(Path(store["path"] or Path(self.data_dir) / "qdrant").resolve())
+        return ServicesConfig.model_validate(data)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """The Serve application builder: ``services.app:build_app`` (also a Serve ``import_path``).
 
 One gateway (FastAPI ingress) in front of one generation deployment per
-configured model and one embedding deployment per embedding model; the gateway
-holds a ``DeploymentHandle`` to each.
+configured model, one embedding deployment per embedding model, the retrieval
+deployment and one RAG deployment per RAG model; the gateway holds a
+``DeploymentHandle`` to each.
 """
 
 from __future__ import annotations
@@ -39,6 +40,21 @@ def build_app(config: ServicesConfig | dict[str, Any]) -> Application:
         ).bind(e.model_dump())
         for e in cfg.embeddings
     }
+    retrieval = None
+    rag: dict[str, Any] = {}
+    if cfg.retrieval.enabled and cfg.retrieval.collections:
+        from services.rag.deployment import RagDeployment
+        from services.retrieval.deployment import RetrievalDeployment
+
+        retrieval = RetrievalDeployment.options(  # type: ignore[attr-defined]
+            **cfg.retrieval.deployment.serve_options("retrieval")
+        ).bind(cfg.retrieval.model_dump(), embeddings, ".", embedding)
+        rag = {
+            r.name: RagDeployment.options(  # type: ignore[attr-defined]
+                **r.deployment.serve_options(deployment_name("rag", r.name))
+            ).bind(r.model_dump(), retrieval, generation[r.generator])
+            for r in cfg.rag
+        }
     return Gateway.options(  # type: ignore[attr-defined]
         **cfg.gateway.deployment.serve_options("gateway")
-    ).bind(cfg.gateway.model_dump(), cfg.auth.model_dump(), generation, embedding)
+    ).bind(cfg.gateway.model_dump(), cfg.auth.model_dump(), {**generation, **rag}, embedding, retrieval)

@@ -12,6 +12,8 @@ from services.deployment_config import StrictModel
 from services.embeddings.config import EmbeddingModelConfig
 from services.gateway.config import AuthConfig, GatewayConfig, is_loopback
 from services.generation.config import ExtractiveModelConfig, GenerationModelConfig
+from services.rag.config import RagModelConfig
+from services.retrieval.config import RetrievalConfig
 
 
 def _default_models() -> list[GenerationModelConfig]:
@@ -29,10 +31,16 @@ class ServicesConfig(StrictModel):
         default_factory=_default_models,
         description="Generation models served on /v1/chat/completions and /v1/completions.",
     )
+    retrieval: RetrievalConfig = Field(
+        default_factory=RetrievalConfig, description="Vector store, collections and /v1/retrieve."
+    )
+    rag: list[RagModelConfig] = Field(
+        default_factory=list, description="RAG chat models: retrieve from a collection, then generate."
+    )
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ServicesConfig:
-        names = [m.name for m in self.models] + [e.name for e in self.embeddings]
+        names = [m.name for m in self.models] + [e.name for e in self.embeddings] + [r.name for r in self.rag]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"model names must be unique across models and embeddings; repeated: {dupes}")
@@ -50,6 +58,7 @@ class ServicesConfig(StrictModel):
                         f'models[{i}].embedding_model: got "{m.embedding_model}", '
                         f"which is not under 'embeddings' ({sorted(emb_names)})"
                     )
+        self._check_retrieval(emb_names)
         if not self.auth.enabled and not is_loopback(self.gateway.host):
             raise ValueError(
                 f'auth.enabled is false but gateway.host is "{self.gateway.host}": auth may be off only '
@@ -58,3 +67,36 @@ class ServicesConfig(StrictModel):
         if self.auth.enabled and not self.auth.keys:
             raise ValueError("auth.enabled is true but auth.keys is empty: no client could authenticate")
         return self
+
+    def _check_retrieval(self, emb_names: set[str]) -> None:
+        ret = self.retrieval
+        if (self.rag or ret.enabled) and not self.embeddings and ret.collections:
+            raise ValueError("retrieval needs an embedding model under 'embeddings'")
+        for i, c in enumerate(ret.collections):
+            if c.embedding_model is not None and c.embedding_model not in emb_names:
+                raise ValueError(
+                    f'retrieval.collections[{i}].embedding_model: got "{c.embedding_model}", '
+                    f"which is not under 'embeddings' ({sorted(emb_names)})"
+                )
+        gen_names = {m.name for m in self.models}
+        coll_names = {c.name for c in ret.collections}
+        for i, r in enumerate(self.rag):
+            if not ret.enabled:
+                raise ValueError(f"rag[{i}] ({r.name}) needs retrieval.enabled")
+            if r.collection not in coll_names:
+                raise ValueError(
+                    f'rag[{i}].collection: got "{r.collection}", which is not under retrieval.collections '
+                    f"({sorted(coll_names)})"
+                )
+            if r.generator not in gen_names:
+                raise ValueError(
+                    f'rag[{i}].generator: got "{r.generator}", which is not under models ({sorted(gen_names)})'
+                )
+        d = ret.deployment
+        if ret.vector_store.url is None and (
+            d.num_replicas > 1 or (d.autoscaling and d.autoscaling.max_replicas > 1)
+        ):
+            raise ValueError(
+                "retrieval.deployment: the embedded (local) vector store admits one process, so one replica; "
+                "set retrieval.vector_store.url to a Qdrant server to run more"
+            )

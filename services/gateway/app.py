@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.errors import (
     InvalidRequestError,
@@ -31,9 +32,12 @@ from services.gateway.errors import envelope, to_response
 from services.gateway.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
+    DocumentsRequest,
     EmbeddingRequest,
+    RetrieveRequest,
     parse_request,
 )
+from services.gateway.retrieval import RetrievalServing
 from services.gateway.serving import OpenAIServing
 
 logger = logging.getLogger("llmops.gateway")
@@ -49,21 +53,36 @@ def request_id_of(request: Request) -> str:
     if rid and _REQUEST_ID.match(rid):
         return rid
     state_rid: str | None = getattr(request.state, "request_id", None)
-    if state_rid is None:
-        state_rid = uuid.uuid4().hex
-        request.state.request_id = state_rid
-    return state_rid
+    return state_rid or "unknown"
 
 
-@api.middleware("http")
-async def _request_id_header(request: Request, call_next: Any) -> Response:
-    # Serve's HTTP proxy already echoes the incoming X-Request-ID on the response;
-    # only when there was none (a direct call to the replica) do we add ours.
-    had_header = "x-request-id" in request.headers
-    response: Response = await call_next(request)
-    if not had_header:
-        response.headers["X-Request-ID"] = request_id_of(request)
-    return response
+class RequestIdMiddleware:
+    """Give a request without ``X-Request-ID`` an id, and put it on the response.
+
+    Serve's HTTP proxy already assigns one and echoes it on the response; this
+    covers direct calls to the replica. Plain ASGI (not ``BaseHTTPMiddleware``,
+    which costs an extra task per request and buffers streaming responses).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or any(k == b"x-request-id" for k, _ in scope["headers"]):
+            await self.app(scope, receive, send)
+            return
+        rid = uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+api.add_middleware(RequestIdMiddleware)
 
 
 @api.exception_handler(LLMOpsError)
@@ -116,10 +135,12 @@ class Gateway:
         auth: dict[str, Any],
         generation: dict[str, Any],
         embeddings: dict[str, Any],
+        retrieval: Any = None,
     ) -> None:
         self.config = GatewayConfig.model_validate(gateway)
         self.auth = Authenticator(AuthConfig.model_validate(auth))
         self.serving = OpenAIServing(generation, embeddings)
+        self.retrieval = RetrievalServing(retrieval)
 
     async def _body(self, request: Request) -> Any:
         limit = self.config.max_body_bytes
@@ -171,17 +192,37 @@ class Gateway:
 
     @api.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> Response:
-        self._tenant(request)
+        tenant = self._tenant(request)
         req = parse_request(ChatCompletionRequest, await self._body(request))
-        result = await self.serving.chat(req, request_id_of(request))
+        result = await self.serving.chat(req, request_id_of(request), tenant)
         return _respond(result)
 
     @api.post("/v1/completions")
     async def completions(self, request: Request) -> Response:
-        self._tenant(request)
+        tenant = self._tenant(request)
         req = parse_request(CompletionRequest, await self._body(request))
-        result = await self.serving.completions(req, request_id_of(request))
+        result = await self.serving.completions(req, request_id_of(request), tenant)
         return _respond(result)
+
+    @api.post("/v1/retrieve")
+    async def retrieve(self, request: Request) -> dict[str, Any]:
+        tenant = self._tenant(request)
+        req = parse_request(RetrieveRequest, await self._body(request))
+        return await self.retrieval.retrieve(req, tenant)
+
+    @api.get("/v1/collections")
+    async def list_collections(self, request: Request) -> dict[str, Any]:
+        return await self.retrieval.collections(self._tenant(request))
+
+    @api.post("/v1/collections/{name}/documents")
+    async def upsert_documents(self, name: str, request: Request) -> dict[str, Any]:
+        tenant = self._tenant(request)
+        req = parse_request(DocumentsRequest, await self._body(request))
+        return await self.retrieval.upsert(name, req, tenant)
+
+    @api.delete("/v1/collections/{name}/documents/{doc_id:path}")
+    async def delete_document(self, name: str, doc_id: str, request: Request) -> dict[str, Any]:
+        return await self.retrieval.delete(name, doc_id, self._tenant(request))
 
     @api.post("/v1/embeddings")
     async def embeddings(self, request: Request) -> Response:

@@ -243,3 +243,33 @@ def _strip_union_tags(loc: tuple[Any, ...]) -> str:
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+class RetrieveRequest(_Wire):
+    collection: str = Field(min_length=1, max_length=63)
+    query: str = Field(min_length=1, max_length=100_000)
+    top_k: Annotated[int, Field(ge=1, le=10_000)] = 5
+    filter: dict[str, Any] | None = None
+    score_threshold: float | None = None
+    exact: bool = False
+    hybrid: bool | None = None
+
+
+class DocumentIn(_Wire):
+    id: str = Field(min_length=1, max_length=512)
+    text: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    source: str = Field("", max_length=2048)
+
+
+class DocumentsRequest(_Wire):
+    documents: list[DocumentIn] = Field(min_length=1, max_length=1000)
+
+    @field_validator("documents")
+    @classmethod
+    def _unique(cls, v: list[DocumentIn]) -> list[DocumentIn]:
+        ids = [d.id for d in v]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"document ids must be unique within a request; repeated: {dupes[:5]}")
+        return v

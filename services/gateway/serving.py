@@ -13,7 +13,7 @@ import base64
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,7 @@ from services.errors import InvalidRequestError, LLMOpsError, ModelNotFoundError
 from services.gateway.errors import envelope, unwrap
 from services.gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from services.generation.protocol import GenerationChunk, GenerationRequest, SamplingParams, TokenLogprob
+from services.rag.types import RagMeta
 
 DONE = "data: [DONE]\n\n"
 logger = logging.getLogger("llmops.gateway")
@@ -123,17 +124,22 @@ class OpenAIServing:
         return handle
 
     # -- chat and completions ---------------------------------------------------------
-    async def chat(self, req: ChatCompletionRequest, request_id: str) -> dict[str, Any] | AsyncIterator[str]:
+    async def chat(
+        self, req: ChatCompletionRequest, request_id: str, tenant: str = ""
+    ) -> dict[str, Any] | AsyncIterator[str]:
         handle = self._generation_handle(req.model)
-        greq = GenerationRequest(request_id=request_id, params=req.sampling(), messages=req.chat_messages())
+        greq = GenerationRequest(
+            request_id=request_id, params=req.sampling(), messages=req.chat_messages(), tenant=tenant
+        )
         created, cid = int(time.time()), f"chatcmpl-{request_id}"
         want_logprobs = greq.params.logprobs is not None
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             stream = await self._open_stream(handle, greq)
             return self._chat_sse(stream, cid, created, req.model, greq.params, include_usage, want_logprobs)
-        choices, prompt_tokens = _collect(await handle.generate.remote(greq))
+        choices, prompt_tokens, rag = _collect(await handle.generate.remote(greq))
         return {
+            **_rag_fields(rag),
             "id": cid,
             "object": "chat.completion",
             "created": created,
@@ -151,7 +157,7 @@ class OpenAIServing:
         }
 
     async def completions(
-        self, req: CompletionRequest, request_id: str
+        self, req: CompletionRequest, request_id: str, tenant: str = ""
     ) -> dict[str, Any] | AsyncIterator[str]:
         handle = self._generation_handle(req.model)
         params = req.sampling()
@@ -160,7 +166,10 @@ class OpenAIServing:
         want_logprobs = params.logprobs is not None
         greqs = [
             GenerationRequest(
-                request_id=f"{request_id}-{i}" if len(prompts) > 1 else request_id, params=params, prompt=p
+                request_id=f"{request_id}-{i}" if len(prompts) > 1 else request_id,
+                params=params,
+                prompt=p,
+                tenant=tenant,
             )
             for i, p in enumerate(prompts)
         ]
@@ -174,8 +183,11 @@ class OpenAIServing:
             return self._completion_sse(stream, cid, created, req.model, include_usage, want_logprobs)
         results = await asyncio.gather(*(handle.generate.remote(g) for g in greqs))
         out, prompt_total, completion_total = [], 0, 0
+        rag: list[RagMeta] = []
         for p_idx, chunks in enumerate(results):
-            choices, prompt_tokens = _collect(chunks)
+            choices, prompt_tokens, meta = _collect(chunks)
+            if meta is not None:
+                rag.append(meta)
             prompt_total += prompt_tokens
             for i, c in sorted(choices.items()):
                 completion_total += c.tokens
@@ -188,6 +200,7 @@ class OpenAIServing:
                     }
                 )
         return {
+            **(_rag_fields(rag[0]) if len(rag) == 1 else {}),
             "id": cid,
             "object": "text_completion",
             "created": created,
@@ -226,7 +239,7 @@ class OpenAIServing:
 
     async def _chat_sse(
         self,
-        chunks: AsyncIterator[GenerationChunk],
+        chunks: AsyncIterator[GenerationChunk | RagMeta],
         cid: str,
         created: int,
         model: str,
@@ -234,68 +247,45 @@ class OpenAIServing:
         include_usage: bool,
         want_logprobs: bool,
     ) -> AsyncIterator[str]:
-        base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model}
-        extra = {"usage": None} if include_usage else {}
         started: set[int] = set()
-        prompt_tokens, completion_tokens = 0, 0
-        try:
-            async for ch in chunks:
-                completion_tokens += ch.num_tokens
-                if ch.prompt_tokens is not None and ch.index not in started:
-                    prompt_tokens = ch.prompt_tokens
-                delta: dict[str, Any] = {"content": ch.text}
-                if ch.index not in started:
-                    started.add(ch.index)
-                    delta = {"role": "assistant", "content": ch.text}
-                elif not ch.text and ch.finish_reason:
-                    delta = {}  # a bare end-of-choice chunk
-                choice = {
-                    "index": ch.index,
-                    "delta": delta,
-                    "logprobs": _chat_logprobs(ch.logprobs or ()) if want_logprobs else None,
-                    "finish_reason": ch.finish_reason,
-                }
-                yield _sse({**base, "choices": [choice], **extra})
-            if include_usage:
-                yield _sse({**base, "choices": [], "usage": _usage(prompt_tokens, completion_tokens)})
-        except Exception as exc:  # after the 200 went out, errors travel in the stream
-            yield _stream_error(exc, cid)
-        yield DONE
+
+        def choice(ch: GenerationChunk) -> dict[str, Any]:
+            delta: dict[str, Any] = {"content": ch.text}
+            if ch.index not in started:
+                started.add(ch.index)
+                delta = {"role": "assistant", "content": ch.text}
+            elif not ch.text and ch.finish_reason:
+                delta = {}  # a bare end-of-choice chunk
+            return {
+                "index": ch.index,
+                "delta": delta,
+                "logprobs": _chat_logprobs(ch.logprobs or ()) if want_logprobs else None,
+                "finish_reason": ch.finish_reason,
+            }
+
+        base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model}
+        async for event in _sse_stream(chunks, base, include_usage, choice):
+            yield event
 
     async def _completion_sse(
         self,
-        chunks: AsyncIterator[GenerationChunk],
+        chunks: AsyncIterator[GenerationChunk | RagMeta],
         cid: str,
         created: int,
         model: str,
         include_usage: bool,
         want_logprobs: bool,
     ) -> AsyncIterator[str]:
-        base = {"id": cid, "object": "text_completion", "created": created, "model": model}
-        extra = {"usage": None} if include_usage else {}
-        prompt_tokens, completion_tokens = 0, 0
         offsets: dict[int, int] = {}
-        try:
-            async for ch in chunks:
-                completion_tokens += ch.num_tokens
-                if ch.prompt_tokens is not None:
-                    prompt_tokens = ch.prompt_tokens
-                lp = None
-                if want_logprobs:
-                    lp = _completion_logprobs(ch.logprobs or (), offsets.get(ch.index, 0))
-                offsets[ch.index] = offsets.get(ch.index, 0) + len(ch.text)
-                choice = {
-                    "index": ch.index,
-                    "text": ch.text,
-                    "logprobs": lp,
-                    "finish_reason": ch.finish_reason,
-                }
-                yield _sse({**base, "choices": [choice], **extra})
-            if include_usage:
-                yield _sse({**base, "choices": [], "usage": _usage(prompt_tokens, completion_tokens)})
-        except Exception as exc:
-            yield _stream_error(exc, cid)
-        yield DONE
+
+        def choice(ch: GenerationChunk) -> dict[str, Any]:
+            lp = _completion_logprobs(ch.logprobs or (), offsets.get(ch.index, 0)) if want_logprobs else None
+            offsets[ch.index] = offsets.get(ch.index, 0) + len(ch.text)
+            return {"index": ch.index, "text": ch.text, "logprobs": lp, "finish_reason": ch.finish_reason}
+
+        base = {"id": cid, "object": "text_completion", "created": created, "model": model}
+        async for event in _sse_stream(chunks, base, include_usage, choice):
+            yield event
 
     # -- embeddings -------------------------------------------------------------------
     async def embeddings(self, req: EmbeddingRequest) -> dict[str, Any]:
@@ -330,10 +320,28 @@ class OpenAIServing:
         }
 
 
-def _collect(chunks: list[GenerationChunk]) -> tuple[dict[int, _Choice], int]:
+def _rag_fields(meta: RagMeta | None) -> dict[str, Any]:
+    """What a RAG model adds to a response: citations and the context budget's drops."""
+    if meta is None:
+        return {}
+    return {
+        "citations": [c.as_dict() for c in meta.citations],
+        "context": {
+            "chunks_retrieved": meta.chunks_retrieved,
+            "chunks_used": len(meta.citations),
+            "chunks_dropped": meta.chunks_dropped,
+        },
+    }
+
+
+def _collect(chunks: list[GenerationChunk | RagMeta]) -> tuple[dict[int, _Choice], int, RagMeta | None]:
     choices: dict[int, _Choice] = {}
     prompt_tokens = 0
+    rag: RagMeta | None = None
     for ch in chunks:
+        if isinstance(ch, RagMeta):
+            rag = ch
+            continue
         c = choices.setdefault(ch.index, _Choice())
         c.text.append(ch.text)
         c.tokens += ch.num_tokens
@@ -343,7 +351,37 @@ def _collect(chunks: list[GenerationChunk]) -> tuple[dict[int, _Choice], int]:
             c.logprobs.extend(ch.logprobs)
         if ch.prompt_tokens is not None:
             prompt_tokens = ch.prompt_tokens
-    return choices, prompt_tokens
+    return choices, prompt_tokens, rag
+
+
+async def _sse_stream(
+    chunks: AsyncIterator[GenerationChunk | RagMeta],
+    base: dict[str, Any],
+    include_usage: bool,
+    choice: Callable[[GenerationChunk], dict[str, Any]],
+) -> AsyncIterator[str]:
+    """The SSE events of a stream: one per chunk, then usage (if asked), then a RAG
+    model's citations, then ``[DONE]``. After the 200 went out, errors travel as an
+    error event."""
+    extra = {"usage": None} if include_usage else {}
+    prompt_tokens, completion_tokens = 0, 0
+    rag: RagMeta | None = None
+    try:
+        async for ch in chunks:
+            if isinstance(ch, RagMeta):
+                rag = ch
+                continue
+            completion_tokens += ch.num_tokens
+            if ch.prompt_tokens is not None:
+                prompt_tokens = ch.prompt_tokens
+            yield _sse({**base, "choices": [choice(ch)], **extra})
+        if include_usage:
+            yield _sse({**base, "choices": [], "usage": _usage(prompt_tokens, completion_tokens)})
+        if rag is not None:
+            yield _sse({**base, "choices": [], **extra, **_rag_fields(rag)})
+    except Exception as exc:
+        yield _stream_error(exc, base["id"])
+    yield DONE
 
 
 def _stream_error(exc: BaseException, cid: str) -> str:

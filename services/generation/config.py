@@ -12,6 +12,13 @@ from services.deployment_config import DeploymentSettings, StrictModel
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
 
+def check_model_name(v: str) -> str:
+    """Model ids clients send as 'model': letters, digits and . _ : / - (at most 128)."""
+    if not _MODEL_NAME.match(v):
+        raise ValueError(f'Got "{v}" for name; use letters, digits and . _ : / - (at most 128)')
+    return v
+
+
 class _ModelBase(StrictModel):
     name: str = Field(description="Model id clients send as 'model' (letters, digits, . _ : / -).")
     context_length: int | None = Field(
@@ -24,12 +31,7 @@ class _ModelBase(StrictModel):
         default_factory=DeploymentSettings, description="Replicas, autoscaling and resources."
     )
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not _MODEL_NAME.match(v):
-            raise ValueError(f'Got "{v}" for name; use letters, digits and . _ : / - (at most 128)')
-        return v
+    _name = field_validator("name")(classmethod(lambda cls, v: check_model_name(v)))
 
 
 class ExtractiveModelConfig(_ModelBase):

@@ -23,6 +23,7 @@ from services.errors import ContextLengthExceededError
 from services.generation.config import GenerationModelConfig
 from services.generation.engines import build_engine
 from services.generation.protocol import (
+    ChatMessage,
     GenerationChunk,
     GenerationRequest,
     check_supported,
@@ -118,6 +119,10 @@ class GenerationDeployment:
     async def generate(self, request: GenerationRequest) -> list[GenerationChunk]:
         """Unary call: every chunk of the completion at once."""
         return [chunk async for chunk in self.server.stream(request)]
+
+    async def count_chat_tokens(self, messages: tuple[ChatMessage, ...]) -> int:
+        """Prompt tokens of ``messages`` under this model's chat template (RAG budgeting)."""
+        return self.server.engine.count_tokens(self.server.engine.render_chat(messages))
 
     async def stats(self) -> dict[str, int]:
         """Request counters: active, completed, aborted (caller went away), failed."""

@@ -39,6 +39,7 @@ _SUMMARY_INTENT = re.compile(r"\b(summari[sz]e|summari[sz]ation|summary|tl;?dr|k
 # Sentence ends: . ! ? (optionally followed by closing quotes/brackets) then space; or line breaks.
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[\"'(\[]?[A-Z0-9])|\n+")
 _LABEL = re.compile(r"^\s*(context|question|query|text|document|passage|q)\s*:\s*", re.I)
+_BOUNDARY = re.compile(r"^<<<INPUT-[0-9a-f]{16}>>>$", re.M)  # services.rag.prompt's markers
 _MMR_LAMBDA = 0.75
 _DEFAULT_CONTEXT_LENGTH = 8192
 
@@ -56,8 +57,18 @@ class _Task:
     summarise: bool
 
 
-def _split_request(messages: Sequence[ChatMessage]) -> _Task:
-    """Separate the question from the context it should be answered from."""
+def _split_request(messages: Sequence[ChatMessage], passages: Sequence[str] | None = None) -> _Task:
+    """Separate the question from the context it should be answered from.
+
+    ``passages`` (retrieved by a RAG model) are then the whole context, and the
+    question is the last user message without its input-boundary markers.
+    """
+    if passages is not None:
+        question = next((m.content for m in reversed(messages) if m.role == "user"), "")
+        question = _BOUNDARY.sub("", question).strip()
+        return _Task(
+            query=question, context="\n".join(passages), summarise=bool(_SUMMARY_INTENT.search(question))
+        )
     last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=None)
     if last_user is None:
         return _Task(query="", context="\n".join(m.content for m in messages), summarise=False)
@@ -133,9 +144,9 @@ class ExtractiveEngine:
     async def shutdown(self) -> None:
         self._encoder = None
 
-    def select(self, messages: Sequence[ChatMessage]) -> list[str]:
+    def select(self, messages: Sequence[ChatMessage], passages: Sequence[str] | None = None) -> list[str]:
         """The sentences of the answer, in output order (blocking; CPU bound)."""
-        task = _split_request(messages)
+        task = _split_request(messages, passages)
         sentences = split_sentences(task.context)
         if not sentences:
             return []
@@ -158,7 +169,7 @@ class ExtractiveEngine:
         messages = request.messages or (ChatMessage(role="user", content=request.prompt or ""),)
         prompt_text = request.prompt if request.prompt is not None else self.render_chat(messages)
         prompt_tokens = self.count_tokens(prompt_text)
-        sentences = await asyncio.to_thread(self.select, messages)
+        sentences = await asyncio.to_thread(self.select, messages, request.context)
         if not sentences:
             sentences = [NO_CONTEXT_ANSWER]
         params = request.params

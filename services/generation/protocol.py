@@ -91,6 +91,10 @@ class GenerationRequest:
     params: SamplingParams
     prompt: str | None = None
     messages: tuple[ChatMessage, ...] | None = None
+    tenant: str = ""
+    #: retrieved passages the prompt already quotes (RAG). Language models read
+    #: them in the prompt; the extractive engine selects its answer from them.
+    context: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.messages is None):

@@ -80,6 +80,22 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
                     "deployment": {"num_cpus": 0.25},
                 },
             ],
+            "retrieval": {
+                "collections": [
+                    {"name": "docs", "hybrid": True, "required_metadata": []},
+                    {"name": "dense-only", "hybrid": False, "distance": "dot"},
+                ],
+            },
+            "rag": [
+                {
+                    "name": "rag-docs",
+                    "collection": "docs",
+                    "generator": "extractive",
+                    "top_k": 3,
+                    "reserve_completion_tokens": 64,
+                },
+                {"name": "rag-wide", "collection": "docs", "generator": "extractive", "top_k": 20},
+            ],
             "ray": {"num_cpus": 4},
         },
         "integration fixture",

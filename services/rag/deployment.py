@@ -1,0 +1,116 @@
+"""RAG models: retrieve from a collection, build the hardened prompt, generate, cite.
+
+A RAG deployment speaks the same streaming interface as a generation deployment
+(``generate`` / ``generate_stream``), so the gateway serves it like any chat
+model; its stream ends with a :class:`RagMeta` item carrying the citations and
+how many retrieved chunks the context budget dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator
+from dataclasses import replace
+from typing import Any
+
+from ray import serve
+
+from services.errors import InvalidRequestError
+from services.generation.protocol import ChatMessage, GenerationChunk, GenerationRequest
+from services.rag.config import RagModelConfig
+from services.rag.prompt import fit_context, new_boundary
+from services.rag.types import Citation, RagMeta
+from services.retrieval.types import Hit
+
+logger = logging.getLogger("llmops.rag")
+
+
+def question_of(request: GenerationRequest) -> str:
+    if request.prompt is not None:
+        return request.prompt
+    users = [m.content for m in request.messages or () if m.role == "user"]
+    if not users or not users[-1].strip():
+        raise InvalidRequestError("a RAG model needs a user message with the question", param="messages")
+    return users[-1]
+
+
+class RagServer:
+    def __init__(self, config: dict[str, Any], retrieval: Any, generator: Any) -> None:
+        self.config = RagModelConfig.model_validate(config)
+        self.retrieval = retrieval
+        self.generator = generator
+        self._gen_info: dict[str, Any] | None = None
+
+    async def info(self) -> dict[str, Any]:
+        if self._gen_info is None:
+            self._gen_info = await self.generator.info.remote()
+        return {
+            "id": self.config.name,
+            "kind": "chat",
+            "engine": f"rag:{self._gen_info['engine']}",
+            "context_length": self._gen_info["context_length"],
+            "collection": self.config.collection,
+            "generator": self.config.generator,
+        }
+
+    async def _prepare(self, request: GenerationRequest) -> tuple[GenerationRequest, RagMeta]:
+        cfg = self.config
+        question = question_of(request)
+        hits: list[Hit] = await self.retrieval.search.remote(
+            cfg.collection,
+            request.tenant,
+            question,
+            top_k=cfg.top_k,
+            score_threshold=cfg.score_threshold,
+            hybrid=cfg.hybrid,
+        )
+        info = await self.info()
+        reserve = request.params.max_tokens or cfg.reserve_completion_tokens
+        budget = max(int(info["context_length"]) - reserve, 1)
+
+        async def count(messages: tuple[ChatMessage, ...]) -> int:
+            return int(await self.generator.count_chat_tokens.remote(messages))
+
+        fitted = await fit_context(cfg.instructions, hits, question, new_boundary(), count, budget)
+        meta = RagMeta(
+            citations=tuple(
+                Citation(i + 1, h.chunk.doc_id, h.chunk.id, h.score, h.chunk.source)
+                for i, h in enumerate(fitted.hits)
+            ),
+            chunks_retrieved=len(hits),
+            chunks_dropped=fitted.dropped,
+        )
+        prepared = replace(
+            request,
+            prompt=None,
+            messages=fitted.messages,
+            context=tuple(h.chunk.text for h in fitted.hits),
+        )
+        return prepared, meta
+
+    async def stream(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk | RagMeta, None]:
+        prepared, meta = await self._prepare(request)
+        gen = self.generator.generate_stream.options(stream=True).remote(prepared)
+        async for chunk in gen:
+            yield chunk
+        yield meta
+
+
+@serve.deployment(name="rag")
+class RagDeployment:
+    """Serve wrapper of :class:`RagServer`, with the generation deployment's interface."""
+
+    def __init__(self, config: dict[str, Any], retrieval: Any, generator: Any) -> None:
+        self.server = RagServer(config, retrieval, generator)
+
+    async def info(self) -> dict[str, Any]:
+        return await self.server.info()
+
+    async def generate_stream(
+        self, request: GenerationRequest
+    ) -> AsyncGenerator[GenerationChunk | RagMeta, None]:
+        async for item in self.server.stream(request):
+            yield item
+
+    async def generate(self, request: GenerationRequest) -> list[GenerationChunk | RagMeta]:
+        return [item async for item in self.server.stream(request)]

@@ -1,0 +1,240 @@
+"""The retrieval deployment: search, list and write collections for the API and RAG.
+
+Query and document embeddings go through the embedding deployment (shared
+dynamic batching); the vector store is reached through :class:`VectorStore`
+(embedded Qdrant or a server). Store calls are blocking, so they run in worker
+threads. Every read and write is scoped to the caller's tenant.
+
+When the store is unreachable, calls raise ``ServiceUnavailableError`` (503 with
+``Retry-After``), and the deployment keeps running so plain chat is unaffected;
+collections are (re)created on the first call that reaches the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from services.embeddings.config import EmbeddingModelConfig
+from services.embeddings.encoder import Encoder
+from services.errors import InvalidRequestError, NotFoundError
+from services.retrieval.chunking import chunk_document
+from services.retrieval.config import CollectionConfig, RetrievalConfig
+from services.retrieval.sparse import BM25Encoder
+from services.retrieval.store import VectorStore
+from services.retrieval.types import Chunk, Document, Hit
+from services.retrieval.validation import validate_documents
+
+logger = logging.getLogger("llmops.retrieval")
+
+
+class RetrievalServer:
+    """Tenant-scoped search and writes over the configured collections."""
+
+    def __init__(
+        self,
+        retrieval: dict[str, Any],
+        embeddings: list[dict[str, Any]],
+        data_dir: str,
+        embed_handles: dict[str, Any],
+    ) -> None:
+        self.config = RetrievalConfig.model_validate(retrieval)
+        self._emb_cfgs = [EmbeddingModelConfig.model_validate(e) for e in embeddings]
+        self._embed = embed_handles
+        self.store = VectorStore(self.config.vector_store, data_dir)
+        self.sparse = BM25Encoder()
+        # tokenizer + dimension of each embedding model, for chunking (the model runs in its deployment)
+        self._tokenizers: dict[str, Encoder] = {}
+        self._ready: set[str] = set()
+        self._lock = asyncio.Lock()
+
+    def _embedding_name(self, coll: CollectionConfig) -> str:
+        return coll.embedding_model or self._emb_cfgs[0].name
+
+    def _tokenizer(self, coll: CollectionConfig) -> Encoder:
+        name = self._embedding_name(coll)
+        if name not in self._tokenizers:
+            cfg = next(e for e in self._emb_cfgs if e.name == name)
+            self._tokenizers[name] = Encoder(cfg.path, "cpu")
+        return self._tokenizers[name]
+
+    def collection(self, name: str) -> CollectionConfig:
+        coll = self.config.collection(name)
+        if coll is None:
+            raise NotFoundError(
+                f"The collection '{name}' does not exist.",
+                param="collection",
+                value=name,
+                code="collection_not_found",
+            )
+        return coll
+
+    async def _ensure(self, coll: CollectionConfig) -> None:
+        if coll.name in self._ready:
+            return
+        async with self._lock:
+            if coll.name not in self._ready:
+                dim = (await asyncio.to_thread(self._tokenizer, coll)).dimension
+                await asyncio.to_thread(self.store.ensure_collection, coll, dim)
+                self._ready.add(coll.name)
+
+    async def _embed_texts(self, coll: CollectionConfig, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, 1), dtype=np.float32)
+        result = await self._embed[self._embedding_name(coll)].embed.remote(texts)
+        return np.asarray(result.vectors)
+
+    # -- reads --------------------------------------------------------------------------
+    async def search(
+        self,
+        collection: str,
+        tenant: str,
+        query: str,
+        top_k: int = 5,
+        filter: dict[str, Any] | None = None,
+        score_threshold: float | None = None,
+        exact: bool = False,
+        hybrid: bool | None = None,
+    ) -> list[Hit]:
+        coll = self.collection(collection)
+        if not query.strip():
+            raise InvalidRequestError("query must contain text", param="query")
+        if not 1 <= top_k <= self.config.max_top_k:
+            raise InvalidRequestError(
+                f"top_k must be between 1 and {self.config.max_top_k} (got {top_k})",
+                param="top_k",
+                value=top_k,
+            )
+        use_hybrid = coll.hybrid if hybrid is None else hybrid
+        if use_hybrid and not coll.hybrid:
+            raise InvalidRequestError(
+                f"collection '{collection}' stores no sparse vectors; hybrid search is off for it",
+                param="hybrid",
+                value=hybrid,
+            )
+        await self._ensure(coll)
+        dense = (await self._embed_texts(coll, [query]))[0]
+        sparse = self.sparse.encode_query(query) if use_hybrid else None
+        return await asyncio.to_thread(
+            self.store.search,
+            collection,
+            tenant,
+            dense,
+            sparse,
+            top_k,
+            filter,
+            score_threshold,
+            exact,
+            use_hybrid,
+            coll.search_ef,
+        )
+
+    async def collections(self, tenant: str) -> list[dict[str, Any]]:
+        out = []
+        for coll in self.config.collections:
+            await self._ensure(coll)
+            points = await asyncio.to_thread(self.store.count, coll.name, tenant)
+            out.append(
+                {
+                    "name": coll.name,
+                    "object": "collection",
+                    "points": points,
+                    "distance": coll.distance,
+                    "hybrid": coll.hybrid,
+                    "embedding_model": self._embedding_name(coll),
+                }
+            )
+        return out
+
+    # -- writes -------------------------------------------------------------------------
+    async def upsert_documents(
+        self, collection: str, tenant: str, documents: list[Document]
+    ) -> dict[str, Any]:
+        """Validate, chunk, embed and write documents (same ids and rules as batch ingestion)."""
+        coll = self.collection(collection)
+        await self._ensure(coll)
+        valid, quarantined = await asyncio.to_thread(validate_documents, documents, coll)
+        if quarantined:
+            first = quarantined[0]
+            raise InvalidRequestError(
+                f"document '{first.doc_id}' failed validation: {', '.join(first.failed)}",
+                param="documents",
+                value=first.doc_id,
+            )
+        tok = await asyncio.to_thread(self._tokenizer, coll)
+        written = stale = unchanged = 0
+        for doc in valid:
+            chunks: list[Chunk] = chunk_document(doc, tenant, tok, coll.chunk_tokens, coll.chunk_overlap)
+            existing = await asyncio.to_thread(self.store.doc_point_ids, collection, tenant, doc.doc_id)
+            if chunks and existing == {c.id for c in chunks}:
+                unchanged += 1
+                continue
+            dense = await self._embed_texts(coll, [c.text for c in chunks])
+            sparse = self.sparse.encode_documents([c.text for c in chunks]) if coll.hybrid else None
+            w, d = await asyncio.to_thread(
+                self.store.replace_doc, collection, tenant, doc.doc_id, chunks, dense, sparse
+            )
+            written += w
+            stale += d
+        return {
+            "object": "collection.documents",
+            "collection": collection,
+            "documents": len(valid),
+            "chunks_written": written,
+            "stale_deleted": stale,
+            "unchanged": unchanged,
+        }
+
+    async def delete_document(self, collection: str, tenant: str, doc_id: str) -> dict[str, Any]:
+        coll = self.collection(collection)
+        await self._ensure(coll)
+        deleted = await asyncio.to_thread(self.store.delete_doc, collection, tenant, doc_id)
+        if not deleted:
+            raise NotFoundError(
+                f"No document '{doc_id}' in collection '{collection}'.", param="doc_id", value=doc_id
+            )
+        return {
+            "object": "collection.document.deleted",
+            "collection": collection,
+            "id": doc_id,
+            "chunks_deleted": deleted,
+        }
+
+
+@serve.deployment(name="retrieval")
+class RetrievalDeployment:
+    """Serve wrapper of :class:`RetrievalServer`."""
+
+    def __init__(
+        self,
+        retrieval: dict[str, Any],
+        embeddings: list[dict[str, Any]],
+        data_dir: str,
+        embed_handles: dict[str, Any],
+    ) -> None:
+        self.server = RetrievalServer(retrieval, embeddings, data_dir, embed_handles)
+        logger.info("retrieval over %s", self.server.store.describe())
+
+    async def search(self, collection: str, tenant: str, query: str, **kw: Any) -> list[Hit]:
+        return await self.server.search(collection, tenant, query, **kw)
+
+    async def collections(self, tenant: str) -> list[dict[str, Any]]:
+        return await self.server.collections(tenant)
+
+    async def upsert_documents(
+        self, collection: str, tenant: str, documents: list[Document]
+    ) -> dict[str, Any]:
+        return await self.server.upsert_documents(collection, tenant, documents)
+
+    async def delete_document(self, collection: str, tenant: str, doc_id: str) -> dict[str, Any]:
+        return await self.server.delete_document(collection, tenant, doc_id)
+
+    async def describe(self) -> str:
+        return self.server.store.describe()
+
+    def __del__(self) -> None:
+        self.server.store.close()
