@@ -1,0 +1,491 @@
+"""Every llmops metric, defined once, behind a small backend-agnostic facade.
+
+Two backends take the same method calls:
+
+* ``MetricSet("ray")`` records through :mod:`ray.util.metrics` (``Counter``,
+  ``Histogram``, ``Gauge``). Use it inside Serve replicas. Ray's metrics
+  endpoint exports every such metric with a ``ray_`` prefix, so
+  ``llmops_requests_total`` is scraped as ``ray_llmops_requests_total``:
+  **dashboards and alert rules must use the exported names** (see
+  ``exported_name``). Ray adds its own labels (``WorkerId``, ``NodeAddress``,
+  ``SessionName``, ``Component``, ``Version``, ``otel_scope_*``), so aggregate
+  with ``sum by (...)``. Ray's histogram ``_sum`` is estimated from bucket
+  midpoints (``_count`` and ``_bucket`` are exact): use quantiles, and counters
+  for totals (tokens, cost), never ``_sum``. Ray metrics can be created and
+  recorded without a running cluster; nothing is exported until the process
+  joins one.
+* ``MetricSet(CollectorRegistry())`` records into a ``prometheus_client``
+  registry: for tests (one fresh registry per test) and for batch jobs that
+  push to a Pushgateway (``MetricSet.push``).
+
+Conventions (CONVENTIONS.md, "Metrics, traces, logs"): names are
+``llmops_<what>_<unit>``, counters end in ``_total``, 0-1 values in ``_ratio``,
+no colons; labels only from ``LABELS`` (plus ``version``/``python`` on
+``llmops_build_info``); tenant values are bounded by ``TenantLabeler``.
+"""
+
+from __future__ import annotations
+
+import platform
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+__all__ = [
+    "COUNT_BUCKETS",
+    "DEFINITIONS",
+    "EMBED_BATCH_BUCKETS",
+    "ENGINES",
+    "LABELS",
+    "LATENCY_BUCKETS",
+    "RAY_PREFIX",
+    "SCORE_BUCKETS",
+    "STAGES",
+    "TOKEN_BUCKETS",
+    "MetricDef",
+    "MetricSet",
+    "StageTimer",
+    "TenantLabeler",
+    "exported_name",
+]
+
+RAY_PREFIX = "ray_"
+
+# Per-request stages, in request order. The platform's own overhead is every
+# stage except ``generate`` (engine time).
+STAGES: tuple[str, ...] = ("auth", "guardrails", "embed", "retrieve", "generate", "serialize")
+
+# The only label keys llmops metrics may use (never user ids or free text).
+LABELS: frozenset[str] = frozenset(
+    {"model", "route", "status", "stage", "tenant", "engine", "collection", "kind"}
+)
+# ``llmops_build_info`` is the one exception: its labels carry the build.
+BUILD_INFO_LABELS: tuple[str, ...] = ("version", "python")
+
+ENGINES: tuple[str, ...] = ("vllm", "transformers", "extractive")
+
+# LLM latencies: 5 ms (auth, a cached embed) up to 10 minutes (a long generation).
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.35, 0.5, 0.75,
+    1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0,
+    90.0, 120.0, 180.0, 300.0, 600.0,
+)  # fmt: skip
+# Token counts per request: 1-2-5 series up to 100k (long-context prompts).
+TOKEN_BUCKETS: tuple[float, ...] = (*(float(m * 10**e) for e in range(5) for m in (1, 2, 5)), 100_000.0)
+# Embedding batch sizes: powers of two, as batchers use them.
+EMBED_BATCH_BUCKETS: tuple[float, ...] = tuple(float(2**i) for i in range(11))  # 1 … 1024
+# Retrieval result counts. Ray requires positive bounds, so le="0.5" is the
+# "retrieval returned nothing" bucket.
+COUNT_BUCKETS: tuple[float, ...] = (0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0)
+# Top retrieval score: cosine similarity in (0, 1], with room above 1 for
+# hybrid/sparse scores. Scores <= 0.05 (including negative) land in the first bucket.
+SCORE_BUCKETS: tuple[float, ...] = (
+    0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0,
+)  # fmt: skip
+
+Kind = Literal["counter", "histogram", "gauge"]
+
+
+@dataclass(frozen=True)
+class MetricDef:
+    """One metric definition: name as recorded (not as exported), type, labels."""
+
+    name: str
+    kind: Kind
+    description: str
+    labels: tuple[str, ...]
+    buckets: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind == "histogram" and not self.buckets:
+            raise ValueError(f"{self.name}: histograms need explicit buckets")
+        if self.kind != "histogram" and self.buckets is not None:
+            raise ValueError(f"{self.name}: only histograms take buckets")
+        allowed = set(BUILD_INFO_LABELS) if self.name == "llmops_build_info" else LABELS
+        bad = set(self.labels) - allowed
+        if bad:
+            raise ValueError(f"{self.name}: labels {sorted(bad)} are not in the fixed label set")
+
+
+def exported_name(name: str, backend: str = "ray") -> str:
+    """The name a dashboard or rule must use: Ray prefixes ``ray_``."""
+    return RAY_PREFIX + name if backend == "ray" else name
+
+
+# --- definitions -------------------------------------------------------------
+
+REQUESTS = MetricDef(
+    "llmops_requests_total", "counter", "Requests handled, by route, model and HTTP status code.",
+    ("route", "model", "status"),
+)  # fmt: skip
+REQUEST_DURATION = MetricDef(
+    "llmops_request_duration_seconds", "histogram",
+    "End-to-end request latency, from arrival to the last byte sent.",
+    ("route", "model", "status"), LATENCY_BUCKETS,
+)  # fmt: skip
+TTFT = MetricDef(
+    "llmops_time_to_first_token_seconds", "histogram",
+    "Time from request arrival to the first generated token (streamed or not).",
+    ("route", "model"), LATENCY_BUCKETS,
+)  # fmt: skip
+ITL = MetricDef(
+    "llmops_inter_token_latency_seconds", "histogram",
+    "Time between consecutive generated tokens (per token, after the first).",
+    ("model",), LATENCY_BUCKETS,
+)  # fmt: skip
+QUEUE_TIME = MetricDef(
+    "llmops_queue_time_seconds", "histogram",
+    "Time a request waited before its engine started on it (gateway and engine queues).",
+    ("model",), LATENCY_BUCKETS,
+)  # fmt: skip
+STAGE_DURATION = MetricDef(
+    "llmops_stage_duration_seconds", "histogram",
+    "Time spent per request in each stage: auth, guardrails, embed, retrieve, generate, serialize.",
+    ("stage", "route", "model"), LATENCY_BUCKETS,
+)  # fmt: skip
+PROMPT_TOKENS = MetricDef(
+    "llmops_prompt_tokens_total", "counter", "Prompt (input) tokens processed.", ("model", "tenant"),
+)  # fmt: skip
+COMPLETION_TOKENS = MetricDef(
+    "llmops_completion_tokens_total", "counter", "Completion (output) tokens generated.",
+    ("model", "tenant"),
+)  # fmt: skip
+REQUEST_PROMPT_TOKENS = MetricDef(
+    "llmops_request_prompt_tokens", "histogram", "Prompt tokens per request.", ("model",), TOKEN_BUCKETS,
+)  # fmt: skip
+REQUEST_COMPLETION_TOKENS = MetricDef(
+    "llmops_request_completion_tokens", "histogram", "Completion tokens per request.",
+    ("model",), TOKEN_BUCKETS,
+)  # fmt: skip
+IN_FLIGHT = MetricDef(
+    "llmops_requests_in_flight", "gauge", "Requests being handled right now, per process.", ("route",),
+)  # fmt: skip
+EMBED_BATCH = MetricDef(
+    "llmops_embedding_batch_size_texts", "histogram", "Texts per embedding batch.",
+    ("model",), EMBED_BATCH_BUCKETS,
+)  # fmt: skip
+RETRIEVAL_RESULTS = MetricDef(
+    "llmops_retrieval_results_chunks", "histogram", "Chunks returned per retrieval query.",
+    ("collection",), COUNT_BUCKETS,
+)  # fmt: skip
+RETRIEVAL_TOP_SCORE = MetricDef(
+    "llmops_retrieval_top_score", "histogram",
+    "Score of the best chunk per retrieval query (similarity; dimensionless).",
+    ("collection",), SCORE_BUCKETS,
+)  # fmt: skip
+COST = MetricDef(
+    "llmops_cost_usd_total", "counter", "Cost in US dollars attributed to requests, by tenant and model.",
+    ("tenant", "model"),
+)  # fmt: skip
+BUILD_INFO = MetricDef(
+    "llmops_build_info", "gauge", "Always 1; labels carry the llmops version and Python version.",
+    BUILD_INFO_LABELS,
+)  # fmt: skip
+ENGINE_KV_CACHE = MetricDef(
+    "llmops_engine_kv_cache_usage_ratio", "gauge",
+    "Engine KV-cache usage, 0-1 (passed through from vLLM's gpu/kv cache usage gauge).",
+    ("model", "engine"),
+)  # fmt: skip
+ENGINE_RUNNING = MetricDef(
+    "llmops_engine_requests_running", "gauge", "Requests the engine is running (from vLLM).",
+    ("model", "engine"),
+)  # fmt: skip
+ENGINE_WAITING = MetricDef(
+    "llmops_engine_requests_waiting", "gauge", "Requests waiting in the engine's queue (from vLLM).",
+    ("model", "engine"),
+)  # fmt: skip
+
+DEFINITIONS: tuple[MetricDef, ...] = (
+    REQUESTS, REQUEST_DURATION, TTFT, ITL, QUEUE_TIME, STAGE_DURATION,
+    PROMPT_TOKENS, COMPLETION_TOKENS, REQUEST_PROMPT_TOKENS, REQUEST_COMPLETION_TOKENS,
+    IN_FLIGHT, EMBED_BATCH, RETRIEVAL_RESULTS, RETRIEVAL_TOP_SCORE, COST, BUILD_INFO,
+    ENGINE_KV_CACHE, ENGINE_RUNNING, ENGINE_WAITING,
+)  # fmt: skip
+
+
+# --- tenant cardinality ----------------------------------------------------------
+
+
+class TenantLabeler:
+    """Maps tenant ids to bounded label values: allow-listed tenants keep their
+    id, every other (or missing) tenant becomes ``other``."""
+
+    OTHER = "other"
+
+    def __init__(self, allowed: Iterable[str] = ()) -> None:
+        self.allowed: frozenset[str] = frozenset(t for t in allowed if t)
+
+    def __call__(self, tenant: str | None) -> str:
+        if tenant is not None and tenant in self.allowed:
+            return tenant
+        return self.OTHER
+
+    @property
+    def values(self) -> frozenset[str]:
+        """Every label value this labeler can produce."""
+        return self.allowed | {self.OTHER}
+
+
+# --- per-request stage timing ----------------------------------------------------
+
+
+class StageTimer:
+    """Times the stages of one request into ``durations`` (seconds per stage).
+
+    A stage entered more than once (``serialize`` per streamed chunk) adds up
+    into one entry, so each stage appears once, ready for a ``Server-Timing``
+    header and ``MetricSet.observe_stages``.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self._clock = clock
+        self.durations: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        _check_stage(name)
+        start = self._clock()
+        try:
+            yield
+        finally:
+            self.record(name, self._clock() - start)
+
+    def record(self, name: str, seconds: float) -> None:
+        """Add a duration measured elsewhere (e.g. reported by the engine)."""
+        _check_stage(name)
+        self.durations[name] = self.durations.get(name, 0.0) + max(0.0, seconds)
+
+    def total(self) -> float:
+        return sum(self.durations.values())
+
+    def server_timing(self) -> str:
+        """``Server-Timing`` header value, in stage order, durations in ms."""
+        return ", ".join(f"{s};dur={self.durations[s] * 1000:.1f}" for s in STAGES if s in self.durations)
+
+
+def _check_stage(name: str) -> None:
+    if name not in STAGES:
+        raise ValueError(f"unknown stage {name!r}; expected one of {STAGES}")
+
+
+# --- backends ------------------------------------------------------------------
+
+
+class _Instrument(Protocol):
+    def inc(self, value: float, labels: Mapping[str, str]) -> None: ...
+    def observe(self, value: float, labels: Mapping[str, str]) -> None: ...
+    def set(self, value: float, labels: Mapping[str, str]) -> None: ...
+    def add(self, value: float, labels: Mapping[str, str]) -> None: ...
+
+
+class _PromInstrument:
+    def __init__(self, d: MetricDef, registry: Any) -> None:
+        import prometheus_client as pc
+
+        # prometheus_client adds "_total" to counter samples itself.
+        name = d.name.removesuffix("_total") if d.kind == "counter" else d.name
+        kw: dict[str, Any] = {"labelnames": d.labels, "registry": registry}
+        if d.kind == "counter":
+            self._m: Any = pc.Counter(name, d.description, **kw)
+        elif d.kind == "histogram":
+            self._m = pc.Histogram(name, d.description, buckets=d.buckets or (), **kw)
+        else:
+            self._m = pc.Gauge(name, d.description, **kw)
+        self._labeled = bool(d.labels)
+
+    def _child(self, labels: Mapping[str, str]) -> Any:
+        return self._m.labels(**labels) if self._labeled else self._m
+
+    def inc(self, value: float, labels: Mapping[str, str]) -> None:
+        self._child(labels).inc(value)
+
+    def observe(self, value: float, labels: Mapping[str, str]) -> None:
+        self._child(labels).observe(value)
+
+    def set(self, value: float, labels: Mapping[str, str]) -> None:
+        self._child(labels).set(value)
+
+    def add(self, value: float, labels: Mapping[str, str]) -> None:
+        self._child(labels).inc(value)
+
+
+class _RayInstrument:
+    def __init__(self, d: MetricDef) -> None:
+        from ray.util import metrics as rm
+
+        if d.kind == "counter":
+            self._m: Any = rm.Counter(d.name, d.description, tag_keys=d.labels)
+        elif d.kind == "histogram":
+            self._m = rm.Histogram(d.name, d.description, boundaries=list(d.buckets or ()), tag_keys=d.labels)
+        else:
+            self._m = rm.Gauge(d.name, d.description, tag_keys=d.labels)
+        # Ray gauges only ``set``; ``add`` keeps this process's value here.
+        self._values: dict[tuple[tuple[str, str], ...], float] = {}
+        self._lock = threading.Lock()
+
+    def inc(self, value: float, labels: Mapping[str, str]) -> None:
+        self._m.inc(value, tags=dict(labels))
+
+    def observe(self, value: float, labels: Mapping[str, str]) -> None:
+        self._m.observe(value, tags=dict(labels))
+
+    def set(self, value: float, labels: Mapping[str, str]) -> None:
+        with self._lock:
+            self._values[tuple(sorted(labels.items()))] = value
+            self._m.set(value, tags=dict(labels))
+
+    def add(self, value: float, labels: Mapping[str, str]) -> None:
+        key = tuple(sorted(labels.items()))
+        with self._lock:
+            new = self._values.get(key, 0.0) + value
+            self._values[key] = new
+            self._m.set(new, tags=dict(labels))
+
+
+# --- facade ----------------------------------------------------------------------
+
+
+def _build_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("llmops-platform")
+    except Exception:
+        return "unknown"
+
+
+class MetricSet:
+    """All llmops metrics on one backend: ``"ray"`` or a ``CollectorRegistry``.
+
+    ``tenants`` is the allow-list for the ``tenant`` label (from config);
+    anything else is recorded as ``other``. Creating a set records
+    ``llmops_build_info`` = 1.
+    """
+
+    def __init__(
+        self,
+        backend: Literal["ray"] | Any,
+        *,
+        tenants: Iterable[str] = (),
+        version: str | None = None,
+    ) -> None:
+        if backend == "ray":
+            self.backend = "ray"
+            self.registry: Any = None
+        else:
+            from prometheus_client import CollectorRegistry
+
+            if not isinstance(backend, CollectorRegistry):
+                raise TypeError(
+                    f"backend must be 'ray' or a prometheus_client CollectorRegistry, got {backend!r}"
+                )
+            self.backend = "prometheus"
+            self.registry = backend
+        self.tenant = TenantLabeler(tenants)
+        self._m: dict[str, _Instrument] = {
+            d.name: (_RayInstrument(d) if self.registry is None else _PromInstrument(d, self.registry))
+            for d in DEFINITIONS
+        }
+        self._m[BUILD_INFO.name].set(
+            1, {"version": version or _build_version(), "python": platform.python_version()}
+        )
+
+    def exported_name(self, name: str) -> str:
+        return exported_name(name, self.backend)
+
+    # requests
+    def observe_request(self, route: str, model: str, status: int | str, seconds: float) -> None:
+        """Count one finished request and record its end-to-end latency."""
+        labels = {"route": route, "model": model, "status": str(status)}
+        self._m[REQUESTS.name].inc(1, labels)
+        self._m[REQUEST_DURATION.name].observe(seconds, labels)
+
+    def observe_ttft(self, route: str, model: str, seconds: float) -> None:
+        self._m[TTFT.name].observe(seconds, {"route": route, "model": model})
+
+    def observe_inter_token(self, model: str, seconds: float) -> None:
+        self._m[ITL.name].observe(seconds, {"model": model})
+
+    def observe_queue(self, model: str, seconds: float) -> None:
+        self._m[QUEUE_TIME.name].observe(seconds, {"model": model})
+
+    def observe_stage(self, stage: str, route: str, model: str, seconds: float) -> None:
+        _check_stage(stage)
+        self._m[STAGE_DURATION.name].observe(seconds, {"stage": stage, "route": route, "model": model})
+
+    def observe_stages(self, durations: Mapping[str, float], route: str, model: str) -> None:
+        """Record a ``StageTimer.durations`` dict."""
+        for stage, seconds in durations.items():
+            self.observe_stage(stage, route, model, seconds)
+
+    @contextmanager
+    def in_flight(self, route: str) -> Iterator[None]:
+        """Counts the wrapped block in ``llmops_requests_in_flight``."""
+        m, labels = self._m[IN_FLIGHT.name], {"route": route}
+        m.add(1, labels)
+        try:
+            yield
+        finally:
+            m.add(-1, labels)
+
+    # tokens and cost
+    def add_tokens(self, model: str, tenant: str | None, prompt: int, completion: int) -> None:
+        """Count one request's tokens (totals by tenant, per-request histograms)."""
+        labels = {"model": model, "tenant": self.tenant(tenant)}
+        self._counter(PROMPT_TOKENS, prompt, labels)
+        self._counter(COMPLETION_TOKENS, completion, labels)
+        self._m[REQUEST_PROMPT_TOKENS.name].observe(prompt, {"model": model})
+        self._m[REQUEST_COMPLETION_TOKENS.name].observe(completion, {"model": model})
+
+    def add_cost(self, tenant: str | None, model: str, usd: float) -> None:
+        self._counter(COST, usd, {"tenant": self.tenant(tenant), "model": model})
+
+    # RAG
+    def observe_embedding_batch(self, model: str, size: int) -> None:
+        self._m[EMBED_BATCH.name].observe(size, {"model": model})
+
+    def observe_retrieval(self, collection: str, results: int, top_score: float | None) -> None:
+        """One retrieval query: result count, and the best score when there is one."""
+        labels = {"collection": collection}
+        self._m[RETRIEVAL_RESULTS.name].observe(results, labels)
+        if top_score is not None:
+            self._m[RETRIEVAL_TOP_SCORE.name].observe(top_score, labels)
+
+    # engine pass-through
+    def set_engine_stats(
+        self,
+        model: str,
+        engine: str,
+        *,
+        kv_cache_usage: float | None = None,
+        running: int | None = None,
+        waiting: int | None = None,
+    ) -> None:
+        """Pass the engine's own gauges through (vLLM: kv cache usage, running, waiting)."""
+        labels = {"model": model, "engine": engine}
+        for d, value in (
+            (ENGINE_KV_CACHE, kv_cache_usage),
+            (ENGINE_RUNNING, running),
+            (ENGINE_WAITING, waiting),
+        ):
+            if value is not None:
+                self._m[d.name].set(float(value), labels)
+
+    # batch jobs
+    def push(self, gateway: str, job: str) -> None:
+        """Push this registry to a Pushgateway (prometheus backend only)."""
+        if self.registry is None:
+            raise RuntimeError("push() needs a CollectorRegistry backend; Ray metrics are scraped")
+        from prometheus_client import push_to_gateway
+
+        push_to_gateway(gateway, job=job, registry=self.registry)
+
+    def _counter(self, d: MetricDef, value: float, labels: Mapping[str, str]) -> None:
+        # Ray rejects inc(0); a zero increment changes nothing on either backend.
+        if value < 0:
+            raise ValueError(f"{d.name}: counters only go up, got {value}")
+        if value > 0:
+            self._m[d.name].inc(value, labels)
