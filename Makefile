@@ -40,10 +40,13 @@ test-gpu: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy llmops services pipelines evals
+	$(VENV)/bin/mypy llmops services pipelines evals monitoring
 
+## benchmarks (not tests): ratios measured side by side; wrk is the load generator
 bench: $(STAMP)
+	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)
 	$(PY) benchmarks/serving.py
+	$(PY) benchmarks/ingest.py
 
 clean:
 	rm -rf $(VENV) .llmops .pytest_cache .mypy_cache .ruff_cache
