@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -36,8 +35,9 @@ import numpy as np
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from services.errors import InvalidRequestError, LLMOpsError, NotFoundError, ServiceUnavailableError
+from services.errors import LLMOpsError, NotFoundError, ServiceUnavailableError
 from services.retrieval.config import CollectionConfig, VectorStoreConfig
+from services.retrieval.filters import build_filter, match_field
 from services.retrieval.types import Chunk, Hit, SparseVector
 
 __all__ = ["CollectionMismatchError", "StoreLockedError", "VectorStore", "build_filter"]
@@ -69,88 +69,6 @@ def _unreachable(err: BaseException) -> ServiceUnavailableError:
 def _not_found(name: str | None) -> NotFoundError:
     msg = f"collection {name!r} does not exist"
     return NotFoundError(msg, param="collection", value=name, code="collection_not_found")
-
-
-_FIELD = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$")
-_TOP_LEVEL_FIELDS = ("doc_id", "source")
-_RANGE_OPS = ("gte", "gt", "lte", "lt")
-_ALLOWED = (
-    'a condition is a string, integer, number or boolean (exact match), {"any": [values]} '
-    '(any of; all strings or all integers), or {"gte"|"gt"|"lte"|"lt": number} (range)'
-)
-
-
-def build_filter(filter: dict[str, Any] | None, tenant: str) -> models.Filter:
-    """The Qdrant filter of a search: ``tenant == tenant`` AND each condition of ``filter``.
-
-    ``filter`` maps a field to a condition. The field is ``doc_id``, ``source`` or a
-    metadata field name (stored under ``metadata.<field>``; letters, digits, ``_``, ``-``).
-    The condition is a scalar (exact match), ``{"any": [...]}`` or a range
-    ``{"gte"/"gt"/"lte"/"lt": number}``.
-
-    Raises:
-        InvalidRequestError: with ``param="filter"`` or ``param="filter.<field>"``.
-    """
-    must: list[models.Condition] = [_match("tenant", tenant)]
-    if filter is None:
-        return models.Filter(must=must)
-    if not isinstance(filter, dict):
-        raise InvalidRequestError(
-            f"filter must be a JSON object mapping a field to a condition; got {type(filter).__name__}",
-            param="filter",
-            value=filter,
-        )
-    for field, cond in filter.items():
-        must.append(_condition(field, cond))
-    return models.Filter(must=must)
-
-
-def _condition(field: Any, cond: Any) -> models.FieldCondition:
-    param = f"filter.{field}"
-    if not isinstance(field, str) or not _FIELD.match(field):
-        raise InvalidRequestError(
-            f"{param}: a filter field is doc_id, source or a metadata field name "
-            "(letters, digits, _ and -, at most 64)",
-            param=param,
-            value=field,
-        )
-    key = field if field in _TOP_LEVEL_FIELDS else f"metadata.{field}"
-
-    def bad(why: str) -> InvalidRequestError:
-        return InvalidRequestError(f"{param}: {why}; {_ALLOWED}", param=param, value=cond)
-
-    if isinstance(cond, bool | int | str):
-        return models.FieldCondition(key=key, match=models.MatchValue(value=cond))
-    if isinstance(cond, float):
-        if not math.isfinite(cond):
-            raise bad(f"got {cond!r}")
-        return models.FieldCondition(key=key, range=models.Range(gte=cond, lte=cond))
-    if not isinstance(cond, dict):
-        hint = ' (for any of several values use {"any": [...]})' if isinstance(cond, list) else ""
-        raise bad(f"got {type(cond).__name__}{hint}")
-    if set(cond) == {"any"}:
-        values = cond["any"]
-        ok = (
-            isinstance(values, list)
-            and values
-            and (
-                all(isinstance(v, str) for v in values)
-                or all(isinstance(v, int) and not isinstance(v, bool) for v in values)
-            )
-        )
-        if not ok:
-            raise bad(f'"any" must be a non-empty list of strings or of integers; got {values!r}')
-        return models.FieldCondition(key=key, match=models.MatchAny(any=values))
-    if cond and set(cond) <= set(_RANGE_OPS):
-        for op, v in cond.items():
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-                raise bad(f"range bound {op!r} must be a finite number; got {v!r}")
-        return models.FieldCondition(key=key, range=models.Range(**{op: float(v) for op, v in cond.items()}))
-    raise bad(f"unknown operator(s) {sorted(map(str, cond))}")
-
-
-def _match(key: str, value: str) -> models.FieldCondition:
-    return models.FieldCondition(key=key, match=models.MatchValue(value=value))
 
 
 class VectorStore:
@@ -383,7 +301,7 @@ class VectorStore:
 
     def doc_point_ids(self, collection: str, tenant: str, doc_id: str) -> set[str]:
         """Ids of every point of one document of one tenant."""
-        flt = models.Filter(must=[_match("tenant", tenant), _match("doc_id", doc_id)])
+        flt = models.Filter(must=[match_field("tenant", tenant), match_field("doc_id", doc_id)])
         ids: set[str] = set()
         offset: Any = None
         with self._call(collection):
@@ -439,7 +357,7 @@ class VectorStore:
     # -- reads ---------------------------------------------------------------------------------
     def count(self, collection: str, tenant: str | None = None) -> int:
         """Exact number of points, of one tenant or all."""
-        flt = models.Filter(must=[_match("tenant", tenant)]) if tenant is not None else None
+        flt = models.Filter(must=[match_field("tenant", tenant)]) if tenant is not None else None
         with self._call(collection):
             return int(self._client.count(collection, count_filter=flt, exact=True).count)
 
