@@ -150,13 +150,11 @@ def existing_digests(
     store: VectorStore, coll: CollectionConfig, tenant: str, docs: list[Any]
 ) -> dict[str, str]:
     """:func:`ids_digest` of the stored point ids of each document that has any."""
-    out: dict[str, str] = {}
-    if store.collection_exists(coll.name):
-        for d in docs:
-            ids = store.doc_point_ids(coll.name, tenant, d.doc_id)
-            if ids:
-                out[d.doc_id] = ids_digest(ids)
-    return out
+    if not store.collection_exists(coll.name):
+        return {}
+    wanted = {d.doc_id for d in docs}
+    stored = store.tenant_point_ids(coll.name, tenant)  # one scroll, not one scan per document
+    return {doc_id: ids_digest(ids) for doc_id, ids in stored.items() if doc_id in wanted}
 
 
 def build_dataset(

@@ -178,6 +178,17 @@ def test_replace_doc_removes_stale_chunks_and_keeps_other_docs(store: VectorStor
         store.replace_doc(coll, "a", "d1", other, rows(1), None)
 
 
+def test_tenant_point_ids_groups_one_tenants_points_by_document(store: VectorStore, coll: str) -> None:
+    d1 = make_chunks("a", "d1", ["x", "y"])
+    d2 = make_chunks("a", "d2", ["z"])
+    put(store, coll, d1)
+    put(store, coll, d2)
+    put(store, coll, make_chunks("b", "d1", ["x"]))
+    assert store.tenant_point_ids(coll, "a") == {"d1": {c.id for c in d1}, "d2": {d2[0].id}}
+    assert store.tenant_point_ids(coll, "c") == {}
+    assert store.tenant_point_ids(coll, "a")["d1"] == store.doc_point_ids(coll, "a", "d1")
+
+
 def test_delete_doc(store: VectorStore, coll: str) -> None:
     put(store, coll, make_chunks("a", "d1", ["x", "y"]))
     put(store, coll, make_chunks("b", "d1", ["x"]))
