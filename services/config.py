@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from services.deployment_config import StrictModel
+from services.deployment_config import StrictModel, repeated
 from services.embeddings.config import EmbeddingModelConfig
 from services.gateway.config import AuthConfig, GatewayConfig, is_loopback
 from services.generation.config import ExtractiveModelConfig, GenerationModelConfig
@@ -41,7 +41,7 @@ class ServicesConfig(StrictModel):
     @model_validator(mode="after")
     def _cross_checks(self) -> ServicesConfig:
         names = [m.name for m in self.models] + [e.name for e in self.embeddings] + [r.name for r in self.rag]
-        dupes = sorted({n for n in names if names.count(n) > 1})
+        dupes = repeated(names)
         if dupes:
             raise ValueError(f"model names must be unique across models and embeddings; repeated: {dupes}")
         if not self.models and not self.embeddings:

@@ -8,9 +8,15 @@ arguments of ``Deployment.options``. The Helm chart and the RayService's
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+def repeated(values: list[str]) -> list[str]:
+    """The values that occur more than once, sorted (for uniqueness errors that name them)."""
+    return sorted(v for v, n in Counter(values).items() if n > 1)
 
 
 class StrictModel(BaseModel):

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from services.deployment_config import repeated
 from services.errors import InvalidRequestError, UnsupportedParameterError
 from services.generation.protocol import ChatMessage, SamplingParams
 
@@ -269,7 +270,7 @@ class DocumentsRequest(_Wire):
     @classmethod
     def _unique(cls, v: list[DocumentIn]) -> list[DocumentIn]:
         ids = [d.id for d in v]
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        dupes = repeated(ids)
         if dupes:
             raise ValueError(f"document ids must be unique within a request; repeated: {dupes[:5]}")
         return v

@@ -20,7 +20,7 @@ from typing import Any
 from services.errors import InvalidRequestError, LLMOpsError, ModelNotFoundError, UnsupportedParameterError
 from services.gateway.errors import envelope, unwrap
 from services.gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-from services.generation.protocol import GenerationChunk, GenerationRequest, SamplingParams, TokenLogprob
+from services.generation.protocol import GenerationChunk, GenerationRequest, TokenLogprob
 from services.rag.types import RagMeta
 
 DONE = "data: [DONE]\n\n"
@@ -136,7 +136,7 @@ class OpenAIServing:
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             stream = await self._open_stream(handle, greq)
-            return self._chat_sse(stream, cid, created, req.model, greq.params, include_usage, want_logprobs)
+            return self._chat_sse(stream, cid, created, req.model, include_usage, want_logprobs)
         choices, prompt_tokens, rag = _collect(await handle.generate.remote(greq))
         return {
             **_rag_fields(rag),
@@ -243,7 +243,6 @@ class OpenAIServing:
         cid: str,
         created: int,
         model: str,
-        params: SamplingParams,
         include_usage: bool,
         want_logprobs: bool,
     ) -> AsyncIterator[str]:

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from services.deployment_config import DeploymentSettings, StrictModel
+from services.deployment_config import DeploymentSettings, StrictModel, repeated
 
 _COLLECTION = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 PayloadIndexType = Literal["keyword", "integer", "float", "bool", "datetime", "text"]
@@ -116,7 +116,7 @@ class RetrievalConfig(StrictModel):
     @classmethod
     def _unique(cls, v: list[CollectionConfig]) -> list[CollectionConfig]:
         names = [c.name for c in v]
-        dupes = sorted({n for n in names if names.count(n) > 1})
+        dupes = repeated(names)
         if dupes:
             raise ValueError(f"collection names must be unique; repeated: {dupes}")
         return v
