@@ -9,7 +9,11 @@ export RAY_AUTH_MODE ?= disabled
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: install up test test-unit test-integration test-gpu lint bench clean
+# Debian's prometheus package: promtool for the rule tests, prometheus for the
+# real-Prometheus query test and `llmops up --with-prometheus`.
+APT_GET := $(if $(filter 0,$(shell id -u)),apt-get,sudo apt-get)
+
+.PHONY: install prometheus up test test-unit test-integration test-gpu lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,18 +24,22 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+prometheus:
+	command -v promtool >/dev/null && command -v prometheus >/dev/null || \
+	  ($(APT_GET) update -q && DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -q --no-install-recommends prometheus)
+
 ## start the platform on its embedded defaults (configs/local.yaml); ARGS="--port 9000" etc.
 up: $(STAMP)
 	$(VENV)/bin/llmops up --config $(or $(CONFIG),configs/local.yaml) --sample-corpus $(ARGS)
 
 ## the whole test suite (GPU tests skip without a GPU)
-test: $(STAMP)
+test: $(STAMP) prometheus
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-test-unit: $(STAMP)
+test-unit: $(STAMP) prometheus
 	$(PY) -m pytest -q tests/unit
 
-test-integration: $(STAMP)
+test-integration: $(STAMP) prometheus
 	$(PY) -m pytest -q tests/integration
 
 test-gpu: $(STAMP)
@@ -47,6 +55,7 @@ bench: $(STAMP)
 	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)
 	$(PY) benchmarks/serving.py
 	$(PY) benchmarks/ingest.py
+	$(PY) benchmarks/observability.py
 
 clean:
 	rm -rf $(VENV) .llmops .pytest_cache .mypy_cache .ruff_cache
