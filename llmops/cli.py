@@ -81,6 +81,8 @@ def start_platform(cfg: LLMOpsConfig, ready_timeout_s: float = 600.0, handle_sig
             num_cpus=cfg.ray.num_cpus or max(os.cpu_count() or 1, 2),
             num_gpus=cfg.ray.num_gpus,
             _node_ip_address=cfg.ray.node_ip_address,
+            # Ray's metrics endpoint: every replica's llmops_* and Serve metrics, one scrape URL
+            _metrics_export_port=cfg.monitoring.metrics.export_port,
         )
     ray.init(**init_kwargs)
     if handle_sigterm:
@@ -102,6 +104,13 @@ def start_platform(cfg: LLMOpsConfig, ready_timeout_s: float = 600.0, handle_sig
         stop_platform()
         raise RuntimeError(f"the platform did not become ready in {ready_timeout_s:.0f}s: {detail}")
     return url
+
+
+def metrics_url(cfg: LLMOpsConfig) -> str | None:
+    """The one local Prometheus scrape URL (Ray's metrics endpoint), when we start Ray."""
+    if cfg.ray.address:
+        return None  # the joined cluster's own metrics port
+    return f"http://{cfg.ray.node_ip_address}:{cfg.monitoring.metrics.export_port}/metrics"
 
 
 def _loopback(host: str) -> bool:
@@ -191,6 +200,7 @@ def banner(cfg: LLMOpsConfig, url: str, extra: list[str] | None = None) -> str:
         f"  embedding       {', '.join(emb) or '-'}",
         f"  auth            {auth}",
         f"  data            {Path(cfg.data_dir).resolve()}",
+        *_monitoring_lines(cfg, url),
         *(extra or []),
         "",
         "Try:",
@@ -200,6 +210,35 @@ def banner(cfg: LLMOpsConfig, url: str, extra: list[str] | None = None) -> str:
         "Ctrl-C stops everything.",
     ]
     return "\n".join(lines)
+
+
+def _monitoring_lines(cfg: LLMOpsConfig, url: str) -> list[str]:
+    mon = cfg.services().monitoring
+    scrape = metrics_url(cfg)
+    lines = []
+    if mon.metrics.enabled and scrape:
+        lines.append(f"  metrics         {scrape}   (Prometheus scrape URL; names start ray_llmops_)")
+    if mon.request_log.enabled:
+        lines.append(f"  request log     {mon.request_log.path}")
+    if cfg.usage.enabled:
+        lines.append(f"  usage           {url}/v1/usage?since=2026-01-01T00:00:00Z")
+    if mon.tracing.enabled:
+        lines.append(f"  tracing         OTLP → {mon.tracing.otlp_endpoint or '(no endpoint: ids only)'}")
+    return lines
+
+
+def _start_prometheus(cfg: LLMOpsConfig) -> tuple[Any, str]:
+    """Start the local Prometheus; returns it (or None) and a banner line."""
+    from llmops.local_prometheus import LocalPrometheus, PrometheusNotInstalledError
+
+    prom = LocalPrometheus(cfg.monitoring, cfg.data_dir)
+    try:
+        prom_url = prom.start()
+    except PrometheusNotInstalledError as exc:
+        return None, f"  prometheus      not started: {exc}"
+    except RuntimeError as exc:
+        return None, f"  prometheus      not started: {exc}"
+    return prom, f"  prometheus      {prom_url}   (alert rules: {prom.rules_file})"
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -220,14 +259,18 @@ def cmd_up(args: argparse.Namespace) -> int:
             _print_err(str(exc))
             return 2
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    prometheus = None
     try:
         print(f"starting llmops on {cfg.gateway.host}:{cfg.gateway.port} ...", flush=True)
         url = start_platform(cfg, args.ready_timeout, handle_sigterm=True)
         extra = []
+        if args.with_prometheus:
+            prometheus, line = _start_prometheus(cfg)
+            extra.append(line)
         if args.sample_corpus:
-            line = seed_sample_corpus(cfg, url)
-            if line:
-                extra.append(line)
+            seeded = seed_sample_corpus(cfg, url)
+            if seeded:
+                extra.append(seeded)
         if cfg.retrieval.enabled:
             store = cfg.services().retrieval.vector_store
             extra.append(f"  vector store    {store.url or 'embedded Qdrant at ' + str(store.path)}")
@@ -243,6 +286,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         # ignore further Ctrl-C while Ray stops, so no process is left behind
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if prometheus is not None:
+            prometheus.stop()
         stop_platform()
     print("stopped.", flush=True)
     return 0
@@ -363,6 +408,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--host", help="bind address (default from config: 127.0.0.1)")
     up.add_argument("--port", type=int, help="HTTP port (default from config: 8000)")
     up.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for readiness (600)")
+    up.add_argument(
+        "--with-prometheus",
+        action="store_true",
+        help="also start a local Prometheus (Debian's `prometheus`) scraping the platform, "
+        "with the alert rules loaded; prints its URL",
+    )
     up.add_argument(
         "--sample-corpus",
         action="store_true",

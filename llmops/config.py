@@ -55,6 +55,12 @@ class LLMOpsConfig(ServicesConfig):
         store = data["retrieval"]["vector_store"]
         if store["url"] is None:
             store["path"] = str(Path(store["path"] or Path(self.data_dir) / "qdrant").resolve())
+        data["usage"]["path"] = str(
+            Path(data["usage"]["path"] or Path(self.data_dir) / "usage.sqlite").resolve()
+        )
+        log = data["monitoring"]["request_log"]
+        if log["path"] != "-":
+            log["path"] = str(Path(log["path"] or Path(self.data_dir) / "logs" / "requests.jsonl").resolve())
         return ServicesConfig.model_validate(data)
 
 

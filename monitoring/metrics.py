@@ -337,6 +337,12 @@ class _RayInstrument:
             self._values[tuple(sorted(labels.items()))] = value
             self._m.set(value, tags=dict(labels))
 
+    def refresh(self) -> None:
+        """Set every label set's last value again (see :meth:`MetricSet.refresh`)."""
+        with self._lock:
+            for key, value in self._values.items():
+                self._m.set(value, tags=dict(key))
+
     def add(self, value: float, labels: Mapping[str, str]) -> None:
         key = tuple(sorted(labels.items()))
         with self._lock:
@@ -396,6 +402,20 @@ class MetricSet:
     def exported_name(self, name: str) -> str:
         return exported_name(name, self.backend)
 
+    def refresh(self) -> None:
+        """Re-report every gauge's last value.
+
+        Ray's metrics agent drops a gauge observation that is not reported again
+        within two export intervals (Ray 2.60 ``gauge_metric_ttl``), so a gauge set
+        once (``llmops_build_info``) or rarely (in-flight on an idle replica) would
+        vanish from the scrape. Replicas call this every few seconds. A no-op for
+        the prometheus_client backend, whose gauges keep their values.
+        """
+        for d in DEFINITIONS:
+            instrument = self._m[d.name]
+            if d.kind == "gauge" and isinstance(instrument, _RayInstrument):
+                instrument.refresh()
+
     # requests
     def observe_request(self, route: str, model: str, status: int | str, seconds: float) -> None:
         """Count one finished request and record its end-to-end latency."""
@@ -421,15 +441,21 @@ class MetricSet:
         for stage, seconds in durations.items():
             self.observe_stage(stage, route, model, seconds)
 
+    def request_started(self, route: str) -> None:
+        """One more request in flight on ``route`` (pair with :meth:`request_finished`)."""
+        self._m[IN_FLIGHT.name].add(1, {"route": route})
+
+    def request_finished(self, route: str) -> None:
+        self._m[IN_FLIGHT.name].add(-1, {"route": route})
+
     @contextmanager
     def in_flight(self, route: str) -> Iterator[None]:
         """Counts the wrapped block in ``llmops_requests_in_flight``."""
-        m, labels = self._m[IN_FLIGHT.name], {"route": route}
-        m.add(1, labels)
+        self.request_started(route)
         try:
             yield
         finally:
-            m.add(-1, labels)
+            self.request_finished(route)
 
     # tokens and cost
     def add_tokens(self, model: str, tenant: str | None, prompt: int, completion: int) -> None:

@@ -38,12 +38,15 @@ __all__ = [
     "OTLP_EXPORTER_PACKAGE",
     "TracingConfig",
     "TracingSetupError",
+    "carrier_of",
     "current_trace_id",
     "extract_context",
     "get_tracer",
     "inject_context",
     "setup_tracing",
     "span_from_carrier",
+    "start_span",
+    "trace_id_of",
 ]
 
 OTLP_EXPORTER_PACKAGE = "opentelemetry-exporter-otlp-proto-http"
@@ -194,6 +197,38 @@ def span_from_carrier(
         yield span
 
 
+def start_span(
+    name: str,
+    carrier: Mapping[str, str] | None = None,
+    attributes: Mapping[str, AttributeValue] | None = None,
+    *,
+    parent: Span | None = None,
+    kind: SpanKind = SpanKind.INTERNAL,
+    tracer_provider: trace.TracerProvider | None = None,
+) -> Span:
+    """Starts span ``name`` without making it current; the caller must ``end()`` it.
+
+    For async generators (a stream's span outlives many ``yield``s, and a context
+    attached in one could not be detached in another); the parent is ``parent`` if
+    given, else the span ``carrier`` came from. Pass the span on with :func:`carrier_of`.
+    """
+    context = trace.set_span_in_context(parent) if parent is not None else extract_context(carrier)
+    return get_tracer(tracer_provider).start_span(
+        name, context=context, kind=kind, attributes=_attrs(attributes)
+    )
+
+
+def carrier_of(span: Span) -> dict[str, str]:
+    """The W3C carrier naming ``span`` as the parent (empty for an invalid span)."""
+    return inject_context(trace.set_span_in_context(span))
+
+
+def trace_id_of(span: Span) -> str | None:
+    """``span``'s trace id as 32 lowercase hex digits, or None for an invalid span."""
+    span_context = span.get_span_context()
+    return trace.format_trace_id(span_context.trace_id) if span_context.is_valid else None
+
+
 def _attrs(attributes: Mapping[str, AttributeValue] | None) -> dict[str, Any] | None:
     return dict(attributes) if attributes else None
 
@@ -205,7 +240,4 @@ def current_trace_id() -> str | None:
     header always carry an id; with tracing disabled, only a trace continued from a
     carrier (the caller's trace id) has one.
     """
-    span_context = trace.get_current_span().get_span_context()
-    if not span_context.is_valid:
-        return None
-    return trace.format_trace_id(span_context.trace_id)
+    return trace_id_of(trace.get_current_span())

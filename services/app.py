@@ -28,16 +28,17 @@ def build_app(config: ServicesConfig | dict[str, Any]) -> Application:
     """Bind the whole serving graph from a config (the model, or its dict form)."""
     cfg = config if isinstance(config, ServicesConfig) else ServicesConfig.model_validate(config)
     embeddings = [e.model_dump() for e in cfg.embeddings]
+    monitoring = cfg.monitoring.model_dump()
     generation = {
         m.name: GenerationDeployment.options(  # type: ignore[attr-defined]
             **m.deployment.serve_options(deployment_name("generation", m.name))
-        ).bind(m.model_dump(), embeddings)
+        ).bind(m.model_dump(), embeddings, monitoring)
         for m in cfg.models
     }
     embedding = {
         e.name: EmbeddingDeployment.options(  # type: ignore[attr-defined]
             **e.deployment.serve_options(deployment_name("embedding", e.name))
-        ).bind(e.model_dump())
+        ).bind(e.model_dump(), monitoring)
         for e in cfg.embeddings
     }
     retrieval = None
@@ -48,13 +49,29 @@ def build_app(config: ServicesConfig | dict[str, Any]) -> Application:
 
         retrieval = RetrievalDeployment.options(  # type: ignore[attr-defined]
             **cfg.retrieval.deployment.serve_options("retrieval")
-        ).bind(cfg.retrieval.model_dump(), embeddings, ".", embedding)
+        ).bind(cfg.retrieval.model_dump(), embeddings, ".", embedding, monitoring)
         rag = {
             r.name: RagDeployment.options(  # type: ignore[attr-defined]
                 **r.deployment.serve_options(deployment_name("rag", r.name))
-            ).bind(r.model_dump(), retrieval, generation[r.generator])
+            ).bind(r.model_dump(), retrieval, generation[r.generator], monitoring)
             for r in cfg.rag
         }
+    usage = None
+    if cfg.usage.enabled:
+        from services.usage.deployment import UsageLedger
+
+        usage = UsageLedger.options(  # type: ignore[attr-defined]
+            **cfg.usage.deployment.serve_options("usage")
+        ).bind(cfg.usage.model_dump(), ".")
     return Gateway.options(  # type: ignore[attr-defined]
         **cfg.gateway.deployment.serve_options("gateway")
-    ).bind(cfg.gateway.model_dump(), cfg.auth.model_dump(), {**generation, **rag}, embedding, retrieval)
+    ).bind(
+        cfg.gateway.model_dump(),
+        cfg.auth.model_dump(),
+        {**generation, **rag},
+        embedding,
+        retrieval,
+        monitoring,
+        usage,
+        cfg.usage.flush_interval_s,
+    )

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
+from monitoring.config import MonitoringConfig
 from services.deployment_config import StrictModel, repeated
 from services.embeddings.config import EmbeddingModelConfig
 from services.gateway.config import AuthConfig, GatewayConfig, is_loopback
 from services.generation.config import ExtractiveModelConfig, GenerationModelConfig
 from services.rag.config import RagModelConfig
 from services.retrieval.config import RetrievalConfig
+from services.usage.config import UsageConfig
 
 
 def _default_models() -> list[GenerationModelConfig]:
@@ -36,6 +38,13 @@ class ServicesConfig(StrictModel):
     )
     rag: list[RagModelConfig] = Field(
         default_factory=list, description="RAG chat models: retrieve from a collection, then generate."
+    )
+    monitoring: MonitoringConfig = Field(
+        default_factory=MonitoringConfig,
+        description="Metrics, tracing, request log, SLOs (alert rules) and the local Prometheus.",
+    )
+    usage: UsageConfig = Field(
+        default_factory=UsageConfig, description="Per-tenant usage ledger behind GET /v1/usage."
     )
 
     @model_validator(mode="after")

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 from ray import serve
 
+from monitoring.metrics import MetricSet
+from monitoring.runtime import observability
 from services.embeddings.config import EmbeddingModelConfig
 from services.embeddings.encoder import Encoder
 from services.errors import ContextLengthExceededError, InvalidRequestError
@@ -37,8 +39,9 @@ class EmbeddingResult:
 class EmbeddingServer:
     """Validation and batched encoding; the Serve deployment wraps this class."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], metrics: MetricSet | None = None) -> None:
         self.config = EmbeddingModelConfig.model_validate(config)
+        self.metrics = metrics
         if self.config.torch_threads:
             import torch
 
@@ -75,6 +78,8 @@ class EmbeddingServer:
         """One forward pass for several callers' texts; split the rows back per caller."""
         flat = [t for texts in batches for t in texts]
         self.batch_sizes = [*self.batch_sizes[-999:], len(flat)]
+        if self.metrics is not None:
+            self.metrics.observe_embedding_batch(self.config.name, len(flat))
         vectors = self.encoder.encode(flat, batch_size=max(len(flat), 1))
         out, start = [], 0
         for texts in batches:
@@ -87,8 +92,8 @@ class EmbeddingServer:
 class EmbeddingDeployment:
     """Serve wrapper: ``embed(texts)`` is dynamically batched across callers."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
-        self.server = EmbeddingServer(config)
+    def __init__(self, config: dict[str, Any], monitoring: dict[str, Any] | None = None) -> None:
+        self.server = EmbeddingServer(config, observability(monitoring).metrics)
         cfg = self.server.config
         self._batched.set_max_batch_size(cfg.max_batch_size)  # type: ignore[attr-defined]
         self._batched.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)  # type: ignore[attr-defined]

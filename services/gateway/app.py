@@ -6,10 +6,14 @@ the Bearer key to a tenant, and hands the parsed request to the serving logic.
 Every error leaves through :func:`services.gateway.errors.to_response`.
 """
 
+import asyncio
+import contextlib
 import json
 import logging
 import re
+import time
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -19,16 +23,21 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from monitoring.config import MonitoringConfig
+from monitoring.request_log import RequestLog
+from monitoring.runtime import observability
 from services.errors import (
     InvalidRequestError,
     LLMOpsError,
     NotFoundError,
+    PermissionDeniedError,
     RequestTooLargeError,
     ServiceUnavailableError,
 )
-from services.gateway.auth import Authenticator
+from services.gateway.auth import Authenticator, Identity
 from services.gateway.config import AuthConfig, GatewayConfig
 from services.gateway.errors import envelope, to_response
+from services.gateway.observe import GatewayObserver, ObservabilityMiddleware, RequestObservation, current
 from services.gateway.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -42,6 +51,7 @@ from services.gateway.serving import OpenAIServing
 
 logger = logging.getLogger("llmops.gateway")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+GAUGE_REFRESH_S = 2.0  # well inside Ray's gauge TTL (two export intervals)
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 api = FastAPI(title="llmops", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
@@ -82,6 +92,9 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
+# Starlette runs the middleware added last first: the request id exists before the
+# observation that logs it opens.
+api.add_middleware(ObservabilityMiddleware, root=api)
 api.add_middleware(RequestIdMiddleware)
 
 
@@ -118,10 +131,48 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     )
 
 
-def _respond(result: Any) -> Response:
+def _respond(result: Any, obs: RequestObservation) -> Response:
     if isinstance(result, dict):
-        return JSONResponse(result)
+        with obs.stage("serialize"):
+            return JSONResponse(result)
     return StreamingResponse(result, media_type="text/event-stream", headers=_SSE_HEADERS)
+
+
+def _observation(request: Request) -> RequestObservation:
+    obs = current()
+    if obs is None:  # only when the app runs without its gateway replica (never in Serve)
+        raise RuntimeError("no request observation: the gateway's middleware did not run")
+    return obs
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _parse_since(value: str | None, now: float) -> float:
+    """``since`` as epoch seconds: RFC 3339 / ISO 8601, or epoch seconds; default 24 h ago."""
+    if value is None:
+        return now - 86_400
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidRequestError(
+            f"Invalid value for 'since': {value!r}; use an ISO 8601 time such as "
+            "2026-11-26T00:00:00Z, or epoch seconds.",
+            param="since",
+            value=value,
+        ) from None
+    if parsed.tzinfo is None:
+        raise InvalidRequestError(
+            f"Invalid value for 'since': {value!r} has no time zone; add Z or an offset.",
+            param="since",
+            value=value,
+        )
+    return parsed.timestamp()
 
 
 @serve.deployment(name="gateway")
@@ -129,18 +180,58 @@ def _respond(result: Any) -> Response:
 class Gateway:
     """The OpenAI-compatible front door (see the module docstring)."""
 
-    def __init__(
+    async def __init__(  # type: ignore[misc]
         self,
         gateway: dict[str, Any],
         auth: dict[str, Any],
         generation: dict[str, Any],
         embeddings: dict[str, Any],
         retrieval: Any = None,
+        monitoring: dict[str, Any] | None = None,
+        usage: Any = None,
+        usage_flush_interval_s: float = 1.0,
     ) -> None:
         self.config = GatewayConfig.model_validate(gateway)
-        self.auth = Authenticator(AuthConfig.model_validate(auth))
+        auth_config = AuthConfig.model_validate(auth)
+        self.auth = Authenticator(auth_config)
         self.serving = OpenAIServing(generation, embeddings)
         self.retrieval = RetrievalServing(retrieval)
+        mon = MonitoringConfig.model_validate(monitoring or {})
+        tenants = [k.tenant for k in auth_config.keys] + [auth_config.anonymous_tenant]
+        obs = observability(mon, tenants=tenants)
+        log = mon.request_log
+        self._usage = usage
+        recorder = None
+        if usage is not None:
+            from services.usage.recorder import UsageRecorder
+
+            recorder = UsageRecorder(usage.record.remote, usage_flush_interval_s)
+        self.observer = GatewayObserver(
+            mon,
+            obs.metrics,
+            RequestLog(log.path or "-") if log.enabled else None,
+            recorder,
+        )
+        api.state.observer = self.observer
+        self._refresh = asyncio.create_task(self._refresh_gauges()) if obs.metrics is not None else None
+
+    async def _refresh_gauges(self) -> None:
+        metrics = self.observer.metrics
+        assert metrics is not None
+        while True:
+            await asyncio.sleep(GAUGE_REFRESH_S)
+            try:
+                metrics.refresh()
+            except Exception:  # a gauge must never take the gateway down
+                logger.warning("could not refresh gauges", exc_info=True)
+
+    async def __del__(self) -> None:
+        if self._refresh is not None:
+            self._refresh.cancel()
+        with contextlib.suppress(Exception):
+            if self.observer.usage is not None:
+                await self.observer.usage.close()
+        self.observer.close()
 
     async def _body(self, request: Request) -> Any:
         limit = self.config.max_body_bytes
@@ -164,7 +255,21 @@ class Gateway:
             ) from None
 
     def _tenant(self, request: Request) -> str:
-        return self.auth.tenant_for(request.headers.get("authorization"))
+        return self._identify(request).tenant
+
+    def _identify(self, request: Request) -> Identity:
+        obs = current()
+        if obs is None:
+            return self.auth.identify(request.headers.get("authorization"))
+        with obs.stage("auth"):
+            who = self.auth.identify(request.headers.get("authorization"))
+        obs.tenant = who.tenant
+        return who
+
+    async def _parse(self, request: Request, model: Any) -> Any:
+        """Body size, JSON and schema checks: the ``guardrails`` stage (input validation)."""
+        with _observation(request).stage("guardrails"):
+            return parse_request(model, await self._body(request))
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, str]:
@@ -193,22 +298,25 @@ class Gateway:
     @api.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> Response:
         tenant = self._tenant(request)
-        req = parse_request(ChatCompletionRequest, await self._body(request))
-        result = await self.serving.chat(req, request_id_of(request), tenant)
-        return _respond(result)
+        req = await self._parse(request, ChatCompletionRequest)
+        obs = _observation(request)
+        result = await self.serving.chat(req, request_id_of(request), tenant, obs)
+        return _respond(result, obs)
 
     @api.post("/v1/completions")
     async def completions(self, request: Request) -> Response:
         tenant = self._tenant(request)
-        req = parse_request(CompletionRequest, await self._body(request))
-        result = await self.serving.completions(req, request_id_of(request), tenant)
-        return _respond(result)
+        req = await self._parse(request, CompletionRequest)
+        obs = _observation(request)
+        result = await self.serving.completions(req, request_id_of(request), tenant, obs)
+        return _respond(result, obs)
 
     @api.post("/v1/retrieve")
-    async def retrieve(self, request: Request) -> dict[str, Any]:
+    async def retrieve(self, request: Request) -> Response:
         tenant = self._tenant(request)
-        req = parse_request(RetrieveRequest, await self._body(request))
-        return await self.retrieval.retrieve(req, tenant)
+        req = await self._parse(request, RetrieveRequest)
+        obs = _observation(request)
+        return _respond(await self.retrieval.retrieve(req, tenant, obs), obs)
 
     @api.get("/v1/collections")
     async def list_collections(self, request: Request) -> dict[str, Any]:
@@ -217,7 +325,7 @@ class Gateway:
     @api.post("/v1/collections/{name}/documents")
     async def upsert_documents(self, name: str, request: Request) -> dict[str, Any]:
         tenant = self._tenant(request)
-        req = parse_request(DocumentsRequest, await self._body(request))
+        req = await self._parse(request, DocumentsRequest)
         return await self.retrieval.upsert(name, req, tenant)
 
     @api.delete("/v1/collections/{name}/documents/{doc_id:path}")
@@ -227,5 +335,48 @@ class Gateway:
     @api.post("/v1/embeddings")
     async def embeddings(self, request: Request) -> Response:
         self._tenant(request)
-        req = parse_request(EmbeddingRequest, await self._body(request))
-        return JSONResponse(await self.serving.embeddings(req))
+        req = await self._parse(request, EmbeddingRequest)
+        obs = _observation(request)
+        return _respond(await self.serving.embeddings(req, obs), obs)
+
+    @api.get("/v1/usage")
+    async def usage(
+        self, request: Request, tenant: str | None = None, since: str | None = None, until: str | None = None
+    ) -> dict[str, Any]:
+        """Tokens and cost per tenant and model since ``since`` (minute granularity).
+
+        A tenant sees its own usage; an admin key (or anyone when auth is off, which
+        is loopback-only) may name another tenant, or ``*`` for all.
+        """
+        who = self._identify(request)
+        if self._usage is None:
+            raise NotFoundError("Usage accounting is not enabled on this server.", param=None)
+        wanted = who.tenant if tenant is None else tenant
+        if wanted != who.tenant and not who.admin:
+            raise PermissionDeniedError(
+                "An API key can read only its own tenant's usage; an admin key can read others'.",
+                param="tenant",
+                value=tenant,
+            )
+        now = time.time()
+        start = _parse_since(since, now)
+        end = None if until is None else _parse_since(until, now)
+        if end is not None and end <= start:
+            raise InvalidRequestError("'until' must be after 'since'.", param="until", value=until)
+        # what this replica has not sent yet must count too: flush before reading
+        if self.observer.usage is not None:
+            await self.observer.usage.flush()
+        rows = await self._usage.query.remote(None if wanted == "*" else wanted, start, end)
+        totals = {
+            k: sum(r[k] for r in rows)
+            for k in ("requests", "prompt_tokens", "completion_tokens", "total_tokens", "cost_usd")
+        }
+        return {
+            "object": "usage",
+            "tenant": wanted,
+            "since": _iso(start),
+            "until": None if end is None else _iso(end),
+            "granularity_seconds": 60,
+            "data": rows,
+            "total": totals,
+        }

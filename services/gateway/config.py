@@ -36,6 +36,9 @@ class ApiKey(StrictModel):
     tenant: str = Field(description="Tenant id (lower-case letters, digits, _ and -; at most 63).")
     sha256: str = Field(description="sha256 hex digest of the key (`llmops keys create` prints one).")
     name: str | None = Field(None, max_length=128, description="Label for people (which service holds it).")
+    admin: bool = Field(
+        False, description="May read every tenant's usage (GET /v1/usage?tenant=...); for operators."
+    )
 
     @field_validator("tenant")
     @classmethod

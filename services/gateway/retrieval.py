@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from services.errors import NotFoundError
+from services.gateway.observe import RequestObservation
 from services.gateway.protocol import DocumentsRequest, RetrieveRequest
-from services.retrieval.types import Document, Hit
+from services.retrieval.types import Document, Hit, SearchResult
 
 
 def hit_json(hit: Hit) -> dict[str, Any]:
@@ -22,6 +24,10 @@ def hit_json(hit: Hit) -> dict[str, Any]:
     }
 
 
+def _hits_json(collection: str, hits: list[Hit]) -> dict[str, Any]:
+    return {"object": "list", "collection": collection, "data": [hit_json(h) for h in hits]}
+
+
 class RetrievalServing:
     def __init__(self, handle: Any) -> None:
         self._h = handle
@@ -31,8 +37,12 @@ class RetrievalServing:
             raise NotFoundError("Retrieval is not enabled on this server.", param=None)
         return self._h
 
-    async def retrieve(self, req: RetrieveRequest, tenant: str) -> dict[str, Any]:
-        hits = await self._handle().search.remote(
+    async def retrieve(
+        self, req: RetrieveRequest, tenant: str, obs: RequestObservation | None = None
+    ) -> dict[str, Any]:
+        handle = self._handle()
+        t0 = time.perf_counter()
+        found: SearchResult = await handle.search.remote(
             req.collection,
             tenant,
             req.query,
@@ -41,8 +51,15 @@ class RetrievalServing:
             score_threshold=req.score_threshold,
             exact=req.exact,
             hybrid=req.hybrid,
+            trace=obs.trace_carrier() if obs is not None else None,
         )
-        return {"object": "list", "collection": req.collection, "data": [hit_json(h) for h in hits]}
+        if obs is None:
+            return _hits_json(req.collection, found.hits)
+        # the round trip is retrieval, except the part the retrieval replica spent embedding
+        obs.timer.record("embed", found.embed_s)
+        obs.timer.record("retrieve", max(0.0, time.perf_counter() - t0 - found.embed_s))
+        with obs.stage("serialize"):
+            return _hits_json(req.collection, found.hits)
 
     async def collections(self, tenant: str) -> dict[str, Any]:
         return {"object": "list", "data": await self._handle().collections.remote(tenant)}

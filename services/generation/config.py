@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
+from monitoring.cost import Pricing
 from services.deployment_config import DeploymentSettings, StrictModel
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
@@ -29,6 +30,12 @@ class _ModelBase(StrictModel):
     )
     deployment: DeploymentSettings = Field(
         default_factory=DeploymentSettings, description="Replicas, autoscaling and resources."
+    )
+    pricing: Pricing | None = Field(
+        None,
+        description="Cost per request: `mode: token` (USD per 1k prompt/completion tokens) or "
+        "`mode: gpu_hour` (USD per GPU-hour, split among requests by their share of engine busy "
+        "time). Unset: the model's cost is not recorded.",
     )
 
     _name = field_validator("name")(classmethod(lambda cls, v: check_model_name(v)))

@@ -95,6 +95,11 @@ class GenerationRequest:
     #: retrieved passages the prompt already quotes (RAG). Language models read
     #: them in the prompt; the extractive engine selects its answer from them.
     context: tuple[str, ...] | None = None
+    #: wall-clock time (``time.time()``) the gateway sent the request: queue time
+    #: is measured from here to the moment the generation replica starts on it
+    dispatched_at: float | None = None
+    #: W3C trace-context carrier of the caller's span (``monitoring.tracing.inject_context``)
+    trace: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.messages is None):
@@ -122,6 +127,35 @@ class GenerationChunk:
     finish_reason: FinishReason | None = None
     logprobs: tuple[TokenLogprob, ...] | None = None
     prompt_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class GenerationStats:
+    """The last item of every generation stream: what the generation replica measured.
+
+    The gateway turns it into the queue and generate stages, TTFT of unary
+    requests, and cost; it is never sent to clients.
+    """
+
+    #: seconds from the gateway's dispatch to the replica starting on the request
+    queue_s: float
+    #: wall-clock time the first chunk left the engine (None: no chunk)
+    first_token_at: float | None
+    #: seconds from the replica starting on the request to its last chunk
+    engine_s: float
+    prompt_tokens: int
+    completion_tokens: int
+    #: USD under the model's pricing; None when the model has no pricing configured
+    cost_usd: float | None = None
+
+
+@dataclass(frozen=True)
+class StageTimings:
+    """Seconds a deployment in front of the generator spent per stage (a RAG model's
+    ``embed`` and ``retrieve``), sent before the first chunk so the gateway can count
+    them apart from ``generate``."""
+
+    stages: dict[str, float]
 
 
 @runtime_checkable

@@ -183,6 +183,16 @@ class TransformersEngine:
         self._eos_ids, self._pad_id = frozenset(eos), int(pad)
         return path
 
+    async def engine_stats(self) -> dict[str, float]:
+        """Requests decoding in the batch and waiting for a slot in it."""
+        batcher = self._batcher
+        if batcher is None:
+            return {}
+        return {
+            "running_requests": float(len(batcher.running)),
+            "waiting_requests": float(batcher.incoming.qsize() + len(batcher.backlog)),
+        }
+
     async def check_health(self) -> None:
         """Raise :class:`ServiceUnavailableError` when the engine cannot serve."""
         batcher = self._batcher

@@ -9,18 +9,27 @@ how many retrieved chunks the context budget dropped.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncGenerator
 from dataclasses import replace
 from typing import Any
 
 from ray import serve
 
+from monitoring.runtime import observability
+from monitoring.tracing import carrier_of, start_span
 from services.errors import InvalidRequestError
-from services.generation.protocol import ChatMessage, GenerationChunk, GenerationRequest
+from services.generation.protocol import (
+    ChatMessage,
+    GenerationChunk,
+    GenerationRequest,
+    GenerationStats,
+    StageTimings,
+)
 from services.rag.config import RagModelConfig
 from services.rag.prompt import fit_context, new_boundary
 from services.rag.types import Citation, RagMeta
-from services.retrieval.types import Hit
+from services.retrieval.types import SearchResult
 
 logger = logging.getLogger("llmops.rag")
 
@@ -53,17 +62,22 @@ class RagServer:
             "generator": self.config.generator,
         }
 
-    async def _prepare(self, request: GenerationRequest) -> tuple[GenerationRequest, RagMeta]:
+    async def _prepare(
+        self, request: GenerationRequest, trace: dict[str, str]
+    ) -> tuple[GenerationRequest, RagMeta, StageTimings]:
         cfg = self.config
         question = question_of(request)
-        hits: list[Hit] = await self.retrieval.search.remote(
+        start = time.perf_counter()
+        found: SearchResult = await self.retrieval.search.remote(
             cfg.collection,
             request.tenant,
             question,
             top_k=cfg.top_k,
             score_threshold=cfg.score_threshold,
             hybrid=cfg.hybrid,
+            trace=trace,
         )
+        hits = found.hits
         info = await self.info()
         reserve = request.params.max_tokens or cfg.reserve_completion_tokens
         budget = max(int(info["context_length"]) - reserve, 1)
@@ -80,19 +94,33 @@ class RagServer:
             chunks_retrieved=len(hits),
             chunks_dropped=fitted.dropped,
         )
+        # the search round trip and fitting the context count as retrieval; embedding does not
+        timings = StageTimings(
+            {"embed": found.embed_s, "retrieve": max(0.0, time.perf_counter() - start - found.embed_s)}
+        )
         prepared = replace(
             request,
             prompt=None,
             messages=fitted.messages,
             context=tuple(h.chunk.text for h in fitted.hits),
+            dispatched_at=time.time(),
+            trace=trace,
         )
-        return prepared, meta
+        return prepared, meta, timings
 
-    async def stream(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk | RagMeta, None]:
-        prepared, meta = await self._prepare(request)
-        gen = self.generator.generate_stream.options(stream=True).remote(prepared)
-        async for chunk in gen:
-            yield chunk
+    async def stream(
+        self, request: GenerationRequest
+    ) -> AsyncGenerator[GenerationChunk | GenerationStats | StageTimings | RagMeta, None]:
+        """Retrieval's timings, the generator's stream (chunks, then its stats), then the citations."""
+        span = start_span("rag", request.trace, {"llmops.model": self.config.name})
+        try:
+            prepared, meta, timings = await self._prepare(request, carrier_of(span))
+            yield timings
+            gen = self.generator.generate_stream.options(stream=True).remote(prepared)
+            async for chunk in gen:
+                yield chunk
+        finally:
+            span.end()
         yield meta
 
 
@@ -100,7 +128,10 @@ class RagServer:
 class RagDeployment:
     """Serve wrapper of :class:`RagServer`, with the generation deployment's interface."""
 
-    def __init__(self, config: dict[str, Any], retrieval: Any, generator: Any) -> None:
+    def __init__(
+        self, config: dict[str, Any], retrieval: Any, generator: Any, monitoring: dict[str, Any] | None = None
+    ) -> None:
+        observability(monitoring)  # tracing, for the rag span
         self.server = RagServer(config, retrieval, generator)
 
     async def info(self) -> dict[str, Any]:
@@ -108,9 +139,11 @@ class RagDeployment:
 
     async def generate_stream(
         self, request: GenerationRequest
-    ) -> AsyncGenerator[GenerationChunk | RagMeta, None]:
+    ) -> AsyncGenerator[GenerationChunk | GenerationStats | StageTimings | RagMeta, None]:
         async for item in self.server.stream(request):
             yield item
 
-    async def generate(self, request: GenerationRequest) -> list[GenerationChunk | RagMeta]:
+    async def generate(
+        self, request: GenerationRequest
+    ) -> list[GenerationChunk | GenerationStats | StageTimings | RagMeta]:
         return [item async for item in self.server.stream(request)]

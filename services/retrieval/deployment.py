@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import numpy as np
 from ray import serve
 
+from monitoring.metrics import MetricSet
+from monitoring.runtime import observability
+from monitoring.tracing import start_span
 from services.embeddings.config import EmbeddingModelConfig
 from services.embeddings.encoder import Encoder
 from services.errors import InvalidRequestError, NotFoundError
@@ -26,7 +30,7 @@ from services.retrieval.chunking import chunk_document
 from services.retrieval.config import CollectionConfig, RetrievalConfig
 from services.retrieval.sparse import BM25Encoder
 from services.retrieval.store import VectorStore
-from services.retrieval.types import Chunk, Document, Hit
+from services.retrieval.types import Chunk, Document, Hit, SearchResult
 from services.retrieval.validation import validate_documents
 
 logger = logging.getLogger("llmops.retrieval")
@@ -41,8 +45,10 @@ class RetrievalServer:
         embeddings: list[dict[str, Any]],
         data_dir: str,
         embed_handles: dict[str, Any],
+        metrics: MetricSet | None = None,
     ) -> None:
         self.config = RetrievalConfig.model_validate(retrieval)
+        self.metrics = metrics
         self._emb_cfgs = [EmbeddingModelConfig.model_validate(e) for e in embeddings]
         self._embed = embed_handles
         self.store = VectorStore(self.config.vector_store, data_dir)
@@ -99,7 +105,9 @@ class RetrievalServer:
         score_threshold: float | None = None,
         exact: bool = False,
         hybrid: bool | None = None,
-    ) -> list[Hit]:
+        trace: dict[str, str] | None = None,
+    ) -> SearchResult:
+        """Tenant-scoped search; ``trace`` is the caller's trace-context carrier."""
         coll = self.collection(collection)
         if not query.strip():
             raise InvalidRequestError("query must contain text", param="query")
@@ -117,8 +125,40 @@ class RetrievalServer:
                 value=hybrid,
             )
         await self._ensure(coll)
-        dense = (await self._embed_texts(coll, [query]))[0]
-        sparse = self.sparse.encode_query(query) if use_hybrid else None
+        span = start_span("retrieve", trace, {"llmops.collection": collection, "llmops.top_k": top_k})
+        try:
+            t0 = time.perf_counter()
+            embed_span = start_span("embed", parent=span, attributes={"llmops.texts": 1})
+            try:
+                dense = (await self._embed_texts(coll, [query]))[0]
+            finally:
+                embed_span.end()
+            t1 = time.perf_counter()
+            sparse = self.sparse.encode_query(query) if use_hybrid else None
+            hits = await self._store_search(
+                collection, tenant, dense, sparse, top_k, filter, score_threshold, exact, use_hybrid, coll
+            )
+            t2 = time.perf_counter()
+            span.set_attribute("llmops.results", len(hits))
+        finally:
+            span.end()
+        if self.metrics is not None:
+            self.metrics.observe_retrieval(collection, len(hits), hits[0].score if hits else None)
+        return SearchResult(hits=hits, embed_s=t1 - t0, retrieve_s=t2 - t1)
+
+    async def _store_search(
+        self,
+        collection: str,
+        tenant: str,
+        dense: np.ndarray,
+        sparse: Any,
+        top_k: int,
+        filter: dict[str, Any] | None,
+        score_threshold: float | None,
+        exact: bool,
+        use_hybrid: bool,
+        coll: CollectionConfig,
+    ) -> list[Hit]:
         return await asyncio.to_thread(
             self.store.search,
             collection,
@@ -215,11 +255,13 @@ class RetrievalDeployment:
         embeddings: list[dict[str, Any]],
         data_dir: str,
         embed_handles: dict[str, Any],
+        monitoring: dict[str, Any] | None = None,
     ) -> None:
-        self.server = RetrievalServer(retrieval, embeddings, data_dir, embed_handles)
+        obs = observability(monitoring)
+        self.server = RetrievalServer(retrieval, embeddings, data_dir, embed_handles, obs.metrics)
         logger.info("retrieval over %s", self.server.store.describe())
 
-    async def search(self, collection: str, tenant: str, query: str, **kw: Any) -> list[Hit]:
+    async def search(self, collection: str, tenant: str, query: str, **kw: Any) -> SearchResult:
         return await self.server.search(collection, tenant, query, **kw)
 
     async def collections(self, tenant: str) -> list[dict[str, Any]]:

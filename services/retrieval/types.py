@@ -73,3 +73,12 @@ class Hit:
 class SparseVector:
     indices: tuple[int, ...]
     values: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """What a search returns: the hits, and where its time went (for per-stage latency)."""
+
+    hits: list[Hit]
+    embed_s: float  # embedding the query (the embedding deployment round trip)
+    retrieve_s: float  # the vector-store query

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,9 +16,11 @@ from ray import serve
 from llmops.cli import start_platform, stop_platform
 from llmops.config import LLMOpsConfig, validate_config
 from services.gateway.config import hash_key
+from tests.fixtures.otlp_sink import OtlpSink
 from tests.fixtures.tiny_hf_model import build_tiny_model
 
 KEYS = {"acme": "sk-test-acme-key", "globex": "sk-test-globex-key"}
+ADMIN_KEY = "sk-test-ops-admin-key"  # tenant "ops", may read every tenant's usage
 TINY = "tiny-llama"
 
 
@@ -41,6 +44,17 @@ def free_port() -> int:
 class Platform:
     url: str
     config: LLMOpsConfig
+    spans: OtlpSink  # what the replicas' tracers exported
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.config.monitoring.metrics.export_port}/metrics"
+
+    @property
+    def request_log(self) -> Path:
+        path = self.config.services().monitoring.request_log.path
+        assert path is not None
+        return Path(path)
 
     def client(self, key: str | None = KEYS["acme"], **kw: object) -> openai.OpenAI:
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key or "", max_retries=0, timeout=120, **kw)
@@ -52,13 +66,19 @@ class Platform:
 @pytest.fixture(scope="session")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     tiny = build_tiny_model(Path(tmp_path_factory.mktemp("models")) / "tiny")
+    sink = OtlpSink()
+    # replicas inherit the driver's environment: export spans every 200 ms, not 5 s
+    os.environ["OTEL_BSP_SCHEDULE_DELAY"] = "200"
     cfg = validate_config(
         {
             "data_dir": str(tmp_path_factory.mktemp("data")),
             "gateway": {"host": "127.0.0.1", "port": free_port(), "max_body_bytes": 64 * 1024},
             "auth": {
                 "enabled": True,
-                "keys": [{"tenant": t, "sha256": hash_key(k)} for t, k in KEYS.items()],
+                "keys": [
+                    *({"tenant": t, "sha256": hash_key(k)} for t, k in KEYS.items()),
+                    {"tenant": "ops", "sha256": hash_key(ADMIN_KEY), "admin": True},
+                ],
             },
             "embeddings": [
                 {"name": "all-minilm-l6-v2", "max_batch_size": 32, "deployment": {"num_cpus": 0.25}}
@@ -69,6 +89,11 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
                     "engine": "extractive",
                     "context_length": 512,
                     "deployment": {"num_cpus": 0.25},
+                    "pricing": {
+                        "mode": "token",
+                        "prompt_usd_per_1k_tokens": 0.5,
+                        "completion_usd_per_1k_tokens": 1.5,
+                    },
                 },
                 {
                     "name": TINY,
@@ -78,6 +103,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
                     "max_batch_size": 8,
                     "default_max_tokens": 16,
                     "deployment": {"num_cpus": 0.25},
+                    "pricing": {"mode": "gpu_hour", "usd_per_gpu_hour": 3.6},
                 },
             ],
             "retrieval": {
@@ -96,12 +122,19 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
                 },
                 {"name": "rag-wide", "collection": "docs", "generator": "extractive", "top_k": 20},
             ],
+            "monitoring": {
+                "metrics": {"export_port": free_port()},
+                "tracing": {"enabled": True, "otlp_endpoint": sink.endpoint},
+                "prometheus": {"port": free_port(), "scrape_interval_s": 1},
+            },
+            "usage": {"flush_interval_s": 0.5},
             "ray": {"num_cpus": 4},
         },
         "integration fixture",
     )
     url = start_platform(cfg, ready_timeout_s=300)
     try:
-        yield Platform(url=url, config=cfg)
+        yield Platform(url=url, config=cfg, spans=sink)
     finally:
         stop_platform()
+        sink.close()

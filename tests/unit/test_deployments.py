@@ -9,7 +9,12 @@ from ray import serve
 from services.embeddings.deployment import EmbeddingServer
 from services.errors import ContextLengthExceededError, InvalidRequestError, UnsupportedParameterError
 from services.generation.deployment import GenerationDeployment
-from services.generation.protocol import GenerationRequest, SamplingParams
+from services.generation.protocol import (
+    GenerationChunk,
+    GenerationRequest,
+    GenerationStats,
+    SamplingParams,
+)
 
 pytestmark = pytest.mark.unit
 EMB = {"name": "all-minilm-l6-v2", "max_batch_size": 16, "batch_wait_timeout_s": 0.05}
@@ -53,8 +58,14 @@ async def test_generation_unary_and_stream_agree(gen_handle) -> None:  # type: i
     )
     unary = await gen_handle.generate.remote(req)
     streamed = [c async for c in gen_handle.generate_stream.options(stream=True).remote(req)]
-    assert [c.text for c in unary] == [c.text for c in streamed]
+    # chunks, then the replica's measurements (never sent to clients)
+    assert [type(c) for c in unary] == [GenerationChunk] * (len(unary) - 1) + [GenerationStats]
+    assert [c.text for c in unary[:-1]] == [c.text for c in streamed[:-1]]
     assert unary[0].text == "Dogs bark loudly."
+    stats = unary[-1]
+    assert stats.completion_tokens == sum(c.num_tokens for c in unary[:-1]) > 0
+    assert stats.prompt_tokens > 10 and stats.cost_usd is None  # no pricing configured
+    assert stats.first_token_at is not None and stats.engine_s > 0
     info = await gen_handle.info.remote()
     assert info == {
         "id": "extractive",

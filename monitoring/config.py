@@ -1,0 +1,149 @@
+"""The ``monitoring`` section of the config: metrics, tracing, request logs, SLOs, local Prometheus.
+
+One model, read by the services (what to record), by ``monitoring.rules`` (the SLO
+objectives the burn-rate alerts are generated from) and by ``llmops up
+--with-prometheus`` (where the local Prometheus listens).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from monitoring.metrics import LATENCY_BUCKETS
+from monitoring.tracing import TracingConfig
+
+__all__ = [
+    "MetricsConfig",
+    "MonitoringConfig",
+    "PrometheusConfig",
+    "RequestLogConfig",
+    "SloConfig",
+    "TracingConfig",
+]
+
+
+class _StrictModel(BaseModel):
+    # monitoring/ imports no other area, so it keeps its own copy of the strict base.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class MetricsConfig(_StrictModel):
+    """Prometheus metrics recorded by the services and exported by Ray's metrics endpoint."""
+
+    enabled: bool = Field(True, description="Record llmops_* metrics (off: only Ray's own metrics).")
+    export_port: int = Field(
+        8080,
+        ge=1024,
+        le=65535,
+        description="Port of Ray's metrics endpoint (http://<node ip>:<port>/metrics) that "
+        "`llmops up` starts; on Kubernetes the RayService's metrics port.",
+    )
+    job: str = Field(
+        "llmops",
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Prometheus `job` label of the scrape target; alert rules select on it "
+        "(on Kubernetes, the ServiceMonitor's job).",
+    )
+
+
+class RequestLogConfig(_StrictModel):
+    """One JSON line per request: ids, tenant, model, status, stage timings, tokens, cost."""
+
+    enabled: bool = Field(True, description="Write the request log.")
+    path: str | None = Field(
+        None,
+        max_length=4096,
+        description="File the JSON lines are appended to; '-' for the replica's stdout "
+        "(Kubernetes). Default: <data_dir>/logs/requests.jsonl under `llmops up`, stdout otherwise.",
+    )
+    include_prompts: bool = Field(
+        False,
+        description="Also log the prompt and completion text, with PII (emails, phone and card "
+        "numbers, IPs, secrets) redacted. Off by default: raw text never reaches the log.",
+    )
+    max_text_chars: int = Field(
+        2000, ge=1, le=1_000_000, description="Longest prompt or completion logged (then truncated)."
+    )
+
+
+class SloConfig(_StrictModel):
+    """Service level objectives; the burn-rate alerts in monitoring/alerts are generated from these."""
+
+    availability_objective: float = Field(
+        0.995,
+        gt=0.5,
+        lt=1,
+        description="Fraction of API requests that must not fail with a 5xx (over 30 days).",
+    )
+    ttft_objective: float = Field(
+        0.95,
+        gt=0.5,
+        lt=1,
+        description="Fraction of generation requests whose time to first token is at most "
+        "ttft_threshold_seconds.",
+    )
+    ttft_threshold_seconds: float = Field(
+        2.0,
+        gt=0,
+        le=600,
+        description="The TTFT a request must beat to count as good; must be a bucket bound of "
+        "llmops_time_to_first_token_seconds.",
+    )
+
+    @field_validator("ttft_threshold_seconds")
+    @classmethod
+    def _on_bucket(cls, v: float) -> float:
+        # The SLO counts requests in the histogram bucket le=<threshold>; any other
+        # value would silently be rounded by histogram interpolation.
+        if v not in LATENCY_BUCKETS:
+            raise ValueError(
+                f"Got {v} for ttft_threshold_seconds; it must be one of the latency bucket bounds "
+                f"{list(LATENCY_BUCKETS)}"
+            )
+        return v
+
+
+class PrometheusConfig(_StrictModel):
+    """The local Prometheus that `llmops up --with-prometheus` starts (Debian's `prometheus`)."""
+
+    host: str = Field("127.0.0.1", description="Address the local Prometheus listens on.")
+    port: int = Field(9090, ge=1, le=65535, description="Port of the local Prometheus.")
+    scrape_interval_s: float = Field(
+        5.0, ge=1, le=300, description="How often it scrapes the platform and evaluates rules."
+    )
+    binary: str = Field(
+        "prometheus", min_length=1, description="Prometheus executable (name on PATH or a path)."
+    )
+
+
+class MonitoringConfig(_StrictModel):
+    """Metrics, tracing, request logs, SLOs and the optional local Prometheus."""
+
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus metrics.")
+    tracing: TracingConfig = Field(
+        default_factory=TracingConfig, description="OpenTelemetry tracing (off by default)."
+    )
+    request_log: RequestLogConfig = Field(
+        default_factory=RequestLogConfig, description="Structured JSON request log."
+    )
+    slo: SloConfig = Field(default_factory=SloConfig, description="SLO objectives behind the alerts.")
+    prometheus: PrometheusConfig = Field(
+        default_factory=PrometheusConfig, description="Local Prometheus for `llmops up --with-prometheus`."
+    )
+    runbook_base_url: str = Field(
+        "https://github.com/llmops-dev/llmops/blob/main/monitoring/runbooks",
+        max_length=2048,
+        pattern=r"^https?://",
+        description="Where the runbooks are published; each alert's runbook_url is "
+        "<runbook_base_url>/<AlertName>.md.",
+    )
+
+    @model_validator(mode="after")
+    def _ports_differ(self) -> MonitoringConfig:
+        if self.metrics.export_port == self.prometheus.port:
+            raise ValueError(
+                f"metrics.export_port and prometheus.port are both {self.prometheus.port}; use two ports"
+            )
+        return self
