@@ -9,7 +9,6 @@ it is approximate, and parse (``promtool check rules`` on the substituted expres
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ import yaml
 from monitoring.dashboards.build import OUT_DIR, build_all, main, render
 from monitoring.metrics import DEFINITIONS, exported_name
 from monitoring.promql import Query, dashboard_queries, substitute, variables
+from tests.fixtures.prometheus_tools import require
 
 pytestmark = pytest.mark.unit
 
@@ -276,13 +276,7 @@ def test_no_results_bucket_matches_ray_le_format() -> None:
 
 
 def _promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.fail(
-            "promtool not found: `make test` installs it (Debian/Ubuntu package `prometheus`); "
-            "it checks that every dashboard query parses"
-        )
-    return path
+    return require("promtool", "check that every dashboard query parses")
 
 
 def _check_rules(promtool: str, exprs: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
