@@ -23,6 +23,18 @@ from monitoring.config import MonitoringConfig
 __all__ = ["LocalPrometheus", "PrometheusNotInstalledError"]
 
 
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM it when the process that started it
+    dies, even by SIGKILL, so a killed `llmops up` leaves no Prometheus behind."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass  # not Linux/glibc: stop() still stops it on every clean exit
+
+
 class PrometheusNotInstalledError(RuntimeError):
     """The ``prometheus`` executable is not on PATH."""
 
@@ -92,6 +104,7 @@ class LocalPrometheus:
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
         )
         log.close()
         deadline = time.monotonic() + ready_timeout_s

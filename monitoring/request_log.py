@@ -13,6 +13,7 @@ import logging
 import queue
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -22,13 +23,14 @@ __all__ = ["RequestLog"]
 class RequestLog:
     """Appends JSON lines to ``path`` (``"-"``: stdout). Call :meth:`close` to flush.
 
-    One writer thread drains the queue in batches and writes each batch with a single
-    ``write`` and ``flush``: a syscall per request would hand the GIL back and forth
-    with the event loop on every line (measured: a quarter of the gateway's
-    throughput at 16 clients).
+    One writer thread wakes at most every ``interval_s``, drains the queue and writes
+    the batch with a single ``write`` and ``flush``: a syscall per request would hand
+    the GIL back and forth with the event loop on every line (profiled: a tenth of the
+    gateway's CPU at 16 clients). A crash loses at most the last ``interval_s`` of lines.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, interval_s: float = 0.2) -> None:
+        self.interval_s = interval_s
         self.path = path
         if path == "-":
             self._out: TextIO = sys.stdout
@@ -46,6 +48,8 @@ class RequestLog:
     def _drain(self) -> None:
         while True:
             first = self._queue.get()
+            if first is not None:
+                time.sleep(self.interval_s)  # let the lines of the next interval gather
             lines, stop = [], first is None
             if first is not None:
                 lines.append(first)

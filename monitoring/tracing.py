@@ -153,9 +153,22 @@ def setup_tracing(
     return provider
 
 
+_tracers: dict[int, trace.Tracer] = {}
+
+
 def get_tracer(tracer_provider: trace.TracerProvider | None = None) -> trace.Tracer:
-    """The llmops tracer from ``tracer_provider`` (default: the global provider)."""
-    return trace.get_tracer(TRACER_NAME, tracer_provider=tracer_provider)
+    """The llmops tracer from ``tracer_provider`` (default: the global provider).
+
+    Cached per provider: creating a tracer per span cost as much as the span.
+    """
+    provider = tracer_provider or trace.get_tracer_provider()
+    tracer = _tracers.get(id(provider))
+    if tracer is None:
+        tracer = trace.get_tracer(TRACER_NAME, tracer_provider=provider)
+        if not isinstance(provider, trace.ProxyTracerProvider):
+            # the proxy hands out proxies until a real provider is set: do not pin those
+            _tracers[id(provider)] = tracer
+    return tracer
 
 
 def inject_context(context: Context | None = None) -> dict[str, str]:

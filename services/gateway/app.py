@@ -228,6 +228,8 @@ class Gateway:
     async def __del__(self) -> None:
         if self._refresh is not None:
             self._refresh.cancel()
+        if self.observer.metrics is not None:
+            self.observer.metrics.refresh()  # buffered counters
         with contextlib.suppress(Exception):
             if self.observer.usage is not None:
                 await self.observer.usage.close()

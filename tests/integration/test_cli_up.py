@@ -31,6 +31,29 @@ def _wait_banner(proc: subprocess.Popen[str], lines: list[str], timeout_s: float
     raise AssertionError(f"llmops up did not become ready: {''.join(lines)}")
 
 
+def _wait_prometheus_scrapes(port: int, timeout_s: float = 60) -> None:
+    """The local Prometheus has the platform's target up and holds llmops samples."""
+    deadline = time.monotonic() + timeout_s
+    query = f"http://127.0.0.1:{port}/api/v1/query"
+    while time.monotonic() < deadline:
+        found = [
+            httpx.get(query, params={"query": q}, timeout=5).json()["data"]["result"]
+            for q in ('up{job="llmops"} == 1', "ray_llmops_build_info")
+        ]
+        if all(found):
+            return
+        time.sleep(1)
+    raise AssertionError("the local Prometheus never scraped the platform")
+
+
+def _wait_for_sample(url: str, prefix: str, timeout_s: float = 60) -> None:
+    """Counters reach Ray's endpoint within a few seconds (buffered, then exported)."""
+    deadline = time.monotonic() + timeout_s
+    while prefix not in httpx.get(url, timeout=10).text:
+        assert time.monotonic() < deadline, f"no {prefix} sample at {url}"
+        time.sleep(1)
+
+
 def _llmops(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "llmops.cli", *args], capture_output=True, text=True, timeout=120, cwd=ROOT
@@ -39,11 +62,29 @@ def _llmops(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_up_serves_then_stops_without_orphans(sig: signal.Signals, tmp_path: Path) -> None:
-    port = free_port()
+    port, metrics_port, prom_port = free_port(), free_port(), free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "LLMOPS_DATA_DIR": str(tmp_path / "data"), "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "LLMOPS_DATA_DIR": str(tmp_path / "data"),
+        "LLMOPS_MONITORING__METRICS__EXPORT_PORT": str(metrics_port),
+        "LLMOPS_MONITORING__PROMETHEUS__PORT": str(prom_port),
+        "PYTHONUNBUFFERED": "1",
+    }
+    # Ctrl-C also checks the local Prometheus: started, scraping, and stopped with the rest
+    extra = ["--with-prometheus"] if sig == signal.SIGINT else []
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llmops.cli", "up", "--config", "configs/local.yaml", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "llmops.cli",
+            "up",
+            "--config",
+            "configs/local.yaml",
+            "--port",
+            str(port),
+            *extra,
+        ],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -70,6 +111,12 @@ def test_up_serves_then_stops_without_orphans(sig: signal.Signals, tmp_path: Pat
             )
             assert chat.returncode == 0, chat.stderr
             assert chat.stdout.strip().startswith("Oslo is the capital of Norway.")
+            banner = "".join(lines)
+            metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+            assert f"metrics         {metrics_url}" in banner
+            assert f"prometheus      http://127.0.0.1:{prom_port}" in banner, banner
+            _wait_prometheus_scrapes(prom_port)
+            _wait_for_sample(metrics_url, "ray_llmops_requests_total{")
         tree = psutil.Process(proc.pid).children(recursive=True)
         assert any("raylet" in p.name() or "gcs_server" in p.name() for p in tree)
         proc.send_signal(sig)
@@ -77,8 +124,12 @@ def test_up_serves_then_stops_without_orphans(sig: signal.Signals, tmp_path: Pat
         reader.join(timeout=10)
         out = "".join(lines)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        if proc.poll() is None:  # a failed assertion: still shut down cleanly, or Ray's
+            proc.send_signal(signal.SIGINT)  # HAProxy (fixed ports) outlives the test
+            try:
+                proc.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                proc.kill()
     assert proc.returncode == 0, out
     assert "llmops is ready" in out and "stopped." in out
     assert "OFF — allowed only because the gateway is bound to loopback" in out

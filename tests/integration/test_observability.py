@@ -77,7 +77,8 @@ def test_streamed_timings_add_up_to_measured_latency(platform: Platform) -> None
 
 
 def test_rag_request_is_one_trace_across_deployments(platform: Platform) -> None:
-    with httpx.Client(base_url=platform.url, headers=_headers(), timeout=60) as http:
+    # tenant "ops": its document must not show up in other tests' (acme's) retrievals
+    with httpx.Client(base_url=platform.url, headers=_headers(ADMIN_KEY), timeout=60) as http:
         http.post(
             "/v1/collections/docs/documents",
             json={"documents": [{"id": "obs-1", "text": "The Normans were led by Rollo in Normandy."}]},

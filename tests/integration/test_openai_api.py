@@ -83,7 +83,10 @@ def test_raw_sse_ends_with_done(platform: Platform) -> None:
         assert r.headers["x-request-id"]
         events = [line for line in r.iter_lines() if line]
     assert events[-1] == "data: [DONE]"
-    assert all(e.startswith("data: ") for e in events)
+    # data events, and one comment (skipped by SSE parsers) with the stream's stage timings
+    assert all(e.startswith("data: ") for e in events if not e.startswith(":"))
+    assert [e for e in events if e.startswith(":")] == [events[-2]]
+    assert events[-2].startswith(": server-timing auth;dur=")
     assert json.loads(events[0][6:])["object"] == "chat.completion.chunk"
 
 

@@ -166,7 +166,9 @@ def test_prompts_are_logged_only_when_configured_and_then_redacted(registry: Col
     obs.prompt_text = "mail me at jane.doe@example.com or call +1 415 555 0132"
     quiet = GatewayObserver(MonitoringConfig(), None)
     assert "prompt" not in quiet.record(obs, 200, 0.1)
-    loud = GatewayObserver(MonitoringConfig(request_log={"include_prompts": True, "max_text_chars": 40}), None)
+    loud = GatewayObserver(
+        MonitoringConfig(request_log={"include_prompts": True, "max_text_chars": 40}), None
+    )
     rec = loud.record(obs, 200, 0.1)
     assert "jane" not in rec["prompt"] and "[EMAIL]" in rec["prompt"]
     assert len(rec["prompt"]) <= 40 and rec["completion"] is None

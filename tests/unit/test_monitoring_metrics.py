@@ -284,3 +284,25 @@ def test_ray_backend_constructs_and_records_without_cluster() -> None:
 def test_bad_backend_rejected() -> None:
     with pytest.raises(TypeError):
         MetricSet("prometheus")
+
+
+def test_buffered_counters_and_in_flight_reach_the_backend_on_refresh(registry: CollectorRegistry) -> None:
+    m = MetricSet(registry, tenants=["acme"], buffered=True)
+    m.observe_request("/v1/completions", "m", 200, 0.2)
+    m.observe_request("/v1/completions", "m", 200, 0.3)
+    m.add_tokens("m", "acme", 7, 3)
+    m.request_started("/v1/completions")
+    labels = {"route": "/v1/completions", "model": "m", "status": "200"}
+    assert registry.get_sample_value("llmops_requests_total", labels) is None  # buffered
+    assert (
+        registry.get_sample_value("llmops_request_duration_seconds_count", labels) == 2
+    )  # histograms are not
+    m.refresh()
+    assert registry.get_sample_value("llmops_requests_total", labels) == 2
+    assert registry.get_sample_value("llmops_prompt_tokens_total", {"model": "m", "tenant": "acme"}) == 7
+    assert registry.get_sample_value("llmops_requests_in_flight", {"route": "/v1/completions"}) == 1
+    m.request_finished("/v1/completions")
+    m.refresh()
+    m.refresh()  # nothing pending: nothing counted twice
+    assert registry.get_sample_value("llmops_requests_total", labels) == 2
+    assert registry.get_sample_value("llmops_requests_in_flight", {"route": "/v1/completions"}) == 0

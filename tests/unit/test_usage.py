@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import pickle
 import re
 import sqlite3
@@ -368,7 +369,20 @@ async def test_recorder_send_timeout_counts_as_failure() -> None:
     assert calls[0] == calls[1]
 
 
-async def test_recorder_buffer_bound_drops_oldest_with_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+async def test_recorder_buffer_bound_drops_oldest_with_one_warning() -> None:
+    # a handler on the module's logger itself: Serve's local testing mode, run earlier in
+    # the same process, may stop records from propagating to pytest's caplog
+    caplog = _Records()
+    logging.getLogger("services.usage.recorder").addHandler(caplog)
     ledger, clock = FakeLedger(), Clock()
     rec = UsageRecorder(ledger.send, flush_interval_s=60, max_buffered_rows=3, clock=clock)
     ledger.fail = 100
@@ -383,6 +397,7 @@ async def test_recorder_buffer_bound_drops_oldest_with_one_warning(caplog: pytes
     for tenant in ("t1", "t2"):
         rec.add(tenant, "m1", 100, 0, 0)
     assert rec.buffered_rows == 3 and rec.dropped_rows == 4
+    logging.getLogger("services.usage.recorder").removeHandler(caplog)
     ledger.fail = 0
     assert await rec.flush() is True
     kept = ledger.store._db.execute(
