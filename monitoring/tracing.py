@@ -19,6 +19,7 @@ disabled, every span is OpenTelemetry's no-op span and costs next to nothing.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -153,7 +154,8 @@ def setup_tracing(
     return provider
 
 
-_tracers: dict[int, trace.Tracer] = {}
+# weak keys: an id() key could be reused by a later provider once the first is freed
+_tracers: weakref.WeakKeyDictionary[trace.TracerProvider, trace.Tracer] = weakref.WeakKeyDictionary()
 
 
 def get_tracer(tracer_provider: trace.TracerProvider | None = None) -> trace.Tracer:
@@ -162,12 +164,12 @@ def get_tracer(tracer_provider: trace.TracerProvider | None = None) -> trace.Tra
     Cached per provider: creating a tracer per span cost as much as the span.
     """
     provider = tracer_provider or trace.get_tracer_provider()
-    tracer = _tracers.get(id(provider))
+    tracer = _tracers.get(provider)
     if tracer is None:
         tracer = trace.get_tracer(TRACER_NAME, tracer_provider=provider)
         if not isinstance(provider, trace.ProxyTracerProvider):
             # the proxy hands out proxies until a real provider is set: do not pin those
-            _tracers[id(provider)] = tracer
+            _tracers[provider] = tracer
     return tracer
 
 

@@ -153,3 +153,18 @@ def test_endpoint_without_exporter_package_names_it(monkeypatch: pytest.MonkeyPa
 def test_config_errors_name_the_field(data: dict[str, object], needle: str) -> None:
     with pytest.raises(ValidationError, match=needle):
         TracingConfig.model_validate(data)
+
+
+def test_tracer_cache_never_hands_out_a_freed_providers_tracer() -> None:
+    import gc
+
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    for _ in range(20):  # freed providers' ids get reused: each new one must get its own tracer
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider(shutdown_on_exit=False)  # no atexit hook keeping it alive
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        get_tracer(provider).start_span("x").end()
+        assert [s.name for s in exporter.get_finished_spans()] == ["x"]
+        del provider
+        gc.collect()
