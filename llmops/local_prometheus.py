@@ -51,7 +51,8 @@ class LocalPrometheus:
         port: int | None = None,
     ) -> None:
         self.config = monitoring
-        self.dir = Path(data_dir) / "prometheus"
+        # absolute: Prometheus resolves relative rule_files against its config file's folder
+        self.dir = Path(data_dir).resolve() / "prometheus"
         self.target = metrics_target or f"127.0.0.1:{monitoring.metrics.export_port}"
         self.host = monitoring.prometheus.host
         self.port = port or monitoring.prometheus.port

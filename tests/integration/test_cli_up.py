@@ -41,6 +41,8 @@ def _wait_prometheus_scrapes(port: int, timeout_s: float = 60) -> None:
             for q in ('up{job="llmops"} == 1', "ray_llmops_build_info")
         ]
         if all(found):
+            rules = httpx.get(f"http://127.0.0.1:{port}/api/v1/rules", timeout=5).json()["data"]["groups"]
+            assert sum(len(g["rules"]) for g in rules) > 10, "the alert rules were not loaded"
             return
         time.sleep(1)
     raise AssertionError("the local Prometheus never scraped the platform")
