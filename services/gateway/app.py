@@ -138,7 +138,7 @@ def _respond(result: Any, obs: RequestObservation) -> Response:
     return StreamingResponse(result, media_type="text/event-stream", headers=_SSE_HEADERS)
 
 
-def _observation(request: Request) -> RequestObservation:
+def _observation() -> RequestObservation:
     obs = current()
     if obs is None:  # only when the app runs without its gateway replica (never in Serve)
         raise RuntimeError("no request observation: the gateway's middleware did not run")
@@ -270,7 +270,7 @@ class Gateway:
 
     async def _parse(self, request: Request, model: Any) -> Any:
         """Body size, JSON and schema checks: the ``guardrails`` stage (input validation)."""
-        with _observation(request).stage("guardrails"):
+        with _observation().stage("guardrails"):
             return parse_request(model, await self._body(request))
 
     @api.get("/healthz")
@@ -301,7 +301,7 @@ class Gateway:
     async def chat_completions(self, request: Request) -> Response:
         tenant = self._tenant(request)
         req = await self._parse(request, ChatCompletionRequest)
-        obs = _observation(request)
+        obs = _observation()
         result = await self.serving.chat(req, request_id_of(request), tenant, obs)
         return _respond(result, obs)
 
@@ -309,7 +309,7 @@ class Gateway:
     async def completions(self, request: Request) -> Response:
         tenant = self._tenant(request)
         req = await self._parse(request, CompletionRequest)
-        obs = _observation(request)
+        obs = _observation()
         result = await self.serving.completions(req, request_id_of(request), tenant, obs)
         return _respond(result, obs)
 
@@ -317,7 +317,7 @@ class Gateway:
     async def retrieve(self, request: Request) -> Response:
         tenant = self._tenant(request)
         req = await self._parse(request, RetrieveRequest)
-        obs = _observation(request)
+        obs = _observation()
         return _respond(await self.retrieval.retrieve(req, tenant, obs), obs)
 
     @api.get("/v1/collections")
@@ -338,7 +338,7 @@ class Gateway:
     async def embeddings(self, request: Request) -> Response:
         self._tenant(request)
         req = await self._parse(request, EmbeddingRequest)
-        obs = _observation(request)
+        obs = _observation()
         return _respond(await self.serving.embeddings(req, obs), obs)
 
     @api.get("/v1/usage")

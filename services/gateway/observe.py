@@ -137,10 +137,10 @@ class GatewayObserver:
         self.include_prompts = config.request_log.include_prompts
         self._max_chars = config.request_log.max_text_chars
 
-    def begin(self, request_id: str, route: str, traceparent: dict[str, str]) -> RequestObservation:
+    def begin(self, request_id: str, route: str, parent: dict[str, str]) -> RequestObservation:
         span = start_span(
             f"gateway {route}",
-            traceparent,
+            parent,  # the client's traceparent/tracestate, if it sent them
             {"http.route": route, "llmops.request_id": request_id},
             kind=SpanKind.SERVER,
         )

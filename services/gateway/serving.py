@@ -205,14 +205,15 @@ class OpenAIServing:
             obs.prompt_text = "\n".join(prompts)
         created, cid = int(time.time()), f"cmpl-{request_id}"
         want_logprobs = params.logprobs is not None
+        dispatched_at, carrier = time.time(), obs.trace_carrier()  # once, not per prompt
         greqs = [
             GenerationRequest(
                 request_id=f"{request_id}-{i}" if len(prompts) > 1 else request_id,
                 params=params,
                 prompt=p,
                 tenant=tenant,
-                dispatched_at=time.time(),
-                trace=obs.trace_carrier(),
+                dispatched_at=dispatched_at,
+                trace=carrier,
             )
             for i, p in enumerate(prompts)
         ]

@@ -30,7 +30,7 @@ from services.retrieval.chunking import chunk_document
 from services.retrieval.config import CollectionConfig, RetrievalConfig
 from services.retrieval.sparse import BM25Encoder
 from services.retrieval.store import VectorStore
-from services.retrieval.types import Chunk, Document, Hit, SearchResult
+from services.retrieval.types import Chunk, Document, SearchResult
 from services.retrieval.validation import validate_documents
 
 logger = logging.getLogger("llmops.retrieval")
@@ -135,8 +135,18 @@ class RetrievalServer:
                 embed_span.end()
             t1 = time.perf_counter()
             sparse = self.sparse.encode_query(query) if use_hybrid else None
-            hits = await self._store_search(
-                collection, tenant, dense, sparse, top_k, filter, score_threshold, exact, use_hybrid, coll
+            hits = await asyncio.to_thread(
+                self.store.search,
+                collection,
+                tenant,
+                dense,
+                sparse,
+                top_k,
+                filter,
+                score_threshold,
+                exact,
+                use_hybrid,
+                coll.search_ef,
             )
             t2 = time.perf_counter()
             span.set_attribute("llmops.results", len(hits))
@@ -145,33 +155,6 @@ class RetrievalServer:
         if self.metrics is not None:
             self.metrics.observe_retrieval(collection, len(hits), hits[0].score if hits else None)
         return SearchResult(hits=hits, embed_s=t1 - t0, retrieve_s=t2 - t1)
-
-    async def _store_search(
-        self,
-        collection: str,
-        tenant: str,
-        dense: np.ndarray,
-        sparse: Any,
-        top_k: int,
-        filter: dict[str, Any] | None,
-        score_threshold: float | None,
-        exact: bool,
-        use_hybrid: bool,
-        coll: CollectionConfig,
-    ) -> list[Hit]:
-        return await asyncio.to_thread(
-            self.store.search,
-            collection,
-            tenant,
-            dense,
-            sparse,
-            top_k,
-            filter,
-            score_threshold,
-            exact,
-            use_hybrid,
-            coll.search_ef,
-        )
 
     async def collections(self, tenant: str) -> list[dict[str, Any]]:
         out = []
