@@ -5,7 +5,6 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # torch is pinned to the CPU wheel first: an unpinned torch would pull GBs of CUDA.
 TORCH  := torch==2.13.0
-export RAY_AUTH_MODE ?= disabled
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 

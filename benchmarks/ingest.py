@@ -14,7 +14,6 @@ Usage: python benchmarks/ingest.py [--duration 8]
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -24,8 +23,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+import llmops  # noqa: E402, F401  (sets Ray's import-time environment before anything imports ray)
 
 QUESTION = "Who was the leader of the Normans?"
 
@@ -82,7 +80,7 @@ def ingest_stage(data_dir: str) -> dict[str, float]:
 
 def retrieval_stage(data_dir: str, duration: float) -> dict[int, dict[str, float]]:
     from benchmarks.serving import _free_port, _wrk
-    from llmops.cli import start_platform, stop_platform
+    from llmops.platform import start_platform, stop_platform
 
     cfg = _config(data_dir, _free_port())
     url = start_platform(cfg)

@@ -21,7 +21,6 @@ Needs ``wrk`` (Debian package; ``make bench`` installs it).
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
+import llmops  # noqa: E402, F401  (sets Ray's import-time environment before anything imports ray)
 from benchmarks.serving import CHAT_BODY, FIXED_TEXT, _free_port, _median_of, _wait_200, _wrk  # noqa: E402
 
 TARGET = 0.03
@@ -89,12 +88,10 @@ def _cpu_seconds() -> float:
 
 
 def run(duration: float, reps: int, variants: list[str], sampling: float) -> dict[str, Any]:
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     from ray import serve
 
-    from llmops.cli import start_platform, stop_platform
     from llmops.config import validate_config
+    from llmops.platform import start_platform, stop_platform
     from services.app import build_app
     from tests.fixtures.otlp_sink import OtlpSink
 

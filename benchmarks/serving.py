@@ -37,6 +37,7 @@ from fastapi import FastAPI, Request  # module level: FastAPI resolves the annot
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import llmops  # noqa: E402, F401  (sets Ray's import-time environment before anything imports ray)
 
 # ingress mode -> gateway config (llmops up turns these into Ray Serve's env switches)
 MODES: dict[str, dict[str, Any]] = {
@@ -127,12 +128,10 @@ def _median_of(runs: list[dict[str, float]]) -> dict[str, float]:
 
 # -- one mode, in its own process (Ray reads the ingress env vars at start) ----------------------
 def run_mode(mode: str, duration: float, reps: int, embeddings: bool) -> dict[str, Any]:
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     from ray import serve
 
-    from llmops.cli import start_platform, stop_platform
     from llmops.config import validate_config
+    from llmops.platform import start_platform, stop_platform
 
     port = _free_port()
     cfg = validate_config(

@@ -16,17 +16,20 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from services.config import ServicesConfig
 from services.deployment_config import StrictModel
+from services.local_ray import is_loopback
 
 ENV_PREFIX = "LLMOPS_"
 DEFAULT_CONFIG_FILE = "llmops.yaml"
+BUILTIN_DEFAULTS = "(built-in defaults: llmops/local.yaml)"
 
 
 class RayConfig(StrictModel):
@@ -39,7 +42,25 @@ class RayConfig(StrictModel):
         None, gt=0, le=4096, description="Logical CPUs Ray schedules (default: all)."
     )
     num_gpus: float | None = Field(None, ge=0, le=64, description="GPUs Ray schedules (default: detected).")
-    node_ip_address: str = Field("127.0.0.1", description="Address Ray's own services bind to.")
+    node_ip_address: str = Field(
+        "127.0.0.1",
+        description="Address every Ray server of the local cluster binds to (GCS, raylet, workers, "
+        "replicas); loopback keeps the cluster unreachable from other machines.",
+    )
+    auth: Literal["token", "disabled"] = Field(
+        "token",
+        description="Ray's token auth for the local cluster: a fresh random token per run, in "
+        "<data_dir>/run/ray-token (mode 0600). 'disabled' is refused unless node_ip_address is loopback.",
+    )
+
+    @model_validator(mode="after")
+    def _auth_off_only_on_loopback(self) -> RayConfig:
+        if self.address is None and self.auth == "disabled" and not is_loopback(self.node_ip_address):
+            raise ValueError(
+                f'ray.auth is "disabled" but ray.node_ip_address is "{self.node_ip_address}": anyone who '
+                "can reach that address could run code in the cluster; use auth: token, or a loopback address"
+            )
+        return self
 
 
 class LLMOpsConfig(ServicesConfig):
@@ -129,23 +150,33 @@ def _defaults_with_lists(data: dict[str, Any]) -> dict[str, Any]:
 
 def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> LLMOpsConfig:
     """Load and validate: ``path``, else ``$LLMOPS_CONFIG``, else ``./llmops.yaml`` if
-    present, else the built-in local defaults; then the env overrides."""
+    present, else the built-in local defaults (:func:`builtin_defaults_text`); then the
+    env overrides."""
     environ = os.environ if environ is None else environ
     source = str(path or environ.get("LLMOPS_CONFIG") or "")
     if not source and Path(DEFAULT_CONFIG_FILE).is_file():
         source = DEFAULT_CONFIG_FILE
-    data: Any = {}
     if source:
         try:
-            data = yaml.safe_load(Path(source).read_text()) or {}
+            text = Path(source).read_text()
         except FileNotFoundError:
             raise ConfigError(source, [ConfigIssue("(file)", "no such file", source)]) from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(source, [ConfigIssue("(file)", f"not valid YAML: {exc}", None)]) from None
-        if not isinstance(data, dict):
-            raise ConfigError(source, [ConfigIssue("(root)", "the file must hold a mapping", data)])
+    else:
+        source, text = BUILTIN_DEFAULTS, builtin_defaults_text()
+    try:
+        data: Any = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, [ConfigIssue("(file)", f"not valid YAML: {exc}", None)]) from None
+    if not isinstance(data, dict):
+        raise ConfigError(source, [ConfigIssue("(root)", "the file must hold a mapping", data)])
     data = env_overrides(_defaults_with_lists(data), environ)
-    return validate_config(data, source or "(built-in defaults)")
+    return validate_config(data, source)
+
+
+def builtin_defaults_text() -> str:
+    """The built-in defaults: ``llmops/local.yaml``, shipped as package data
+    (``configs/local.yaml`` in the repository is a link to it)."""
+    return (resources.files("llmops") / "local.yaml").read_text()
 
 
 def validate_config(data: dict[str, Any], source: str = "(config)") -> LLMOpsConfig:

@@ -14,6 +14,7 @@ from typing import Any
 from ray.serve import Application
 
 from services.config import ServicesConfig
+from services.deployment_config import DeploymentSettings
 from services.embeddings.deployment import EmbeddingDeployment
 from services.gateway.app import Gateway
 from services.generation.deployment import GenerationDeployment
@@ -22,6 +23,28 @@ from services.generation.deployment import GenerationDeployment
 def deployment_name(kind: str, model: str) -> str:
     """A Serve deployment name for a model id (Serve names allow no '/' or ':')."""
     return f"{kind}-{re.sub(r'[^A-Za-z0-9_.-]', '_', model)}"
+
+
+def planned_deployments(cfg: ServicesConfig) -> list[tuple[str, str, DeploymentSettings]]:
+    """Every deployment :func:`build_app` binds: (Serve name, config path, settings)."""
+    plan = [
+        (deployment_name("generation", m.name), f"models[{i}].deployment", m.deployment)
+        for i, m in enumerate(cfg.models)
+    ]
+    plan += [
+        (deployment_name("embedding", e.name), f"embeddings[{i}].deployment", e.deployment)
+        for i, e in enumerate(cfg.embeddings)
+    ]
+    if cfg.retrieval.enabled and cfg.retrieval.collections:
+        plan.append(("retrieval", "retrieval.deployment", cfg.retrieval.deployment))
+        plan += [
+            (deployment_name("rag", r.name), f"rag[{i}].deployment", r.deployment)
+            for i, r in enumerate(cfg.rag)
+        ]
+    if cfg.usage.enabled:
+        plan.append(("usage", "usage.deployment", cfg.usage.deployment))
+    plan.append(("gateway", "gateway.deployment", cfg.gateway.deployment))
+    return plan
 
 
 def build_app(config: ServicesConfig | dict[str, Any]) -> Application:

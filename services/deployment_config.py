@@ -90,6 +90,13 @@ class DeploymentSettings(StrictModel):
         30.0, gt=0, le=3600, description="Seconds before a health check fails."
     )
 
+    def initial_replicas(self) -> int:
+        """Replicas Serve starts with: ``num_replicas``, or autoscaling's initial or minimum count."""
+        if self.autoscaling is None:
+            return self.num_replicas
+        a = self.autoscaling
+        return a.initial_replicas if a.initial_replicas is not None else a.min_replicas
+
     def serve_options(self, name: str) -> dict[str, Any]:
         """Keyword arguments for ``Deployment.options`` of the deployment ``name``."""
         opts: dict[str, Any] = {

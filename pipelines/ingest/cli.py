@@ -30,10 +30,15 @@ if TYPE_CHECKING:
 HTTP_BATCH = 64
 
 
-def add_parser(subparsers: Any, load_config: Callable[[str | None], LLMOpsConfig]) -> argparse.ArgumentParser:
+def add_parser(
+    subparsers: Any,
+    load_config: Callable[[str | None], LLMOpsConfig],
+    locate_platform: Callable[[LLMOpsConfig], tuple[str, str]] | None = None,
+) -> argparse.ArgumentParser:
     """Add ``ingest`` to an ``argparse`` subparsers object; returns its parser.
 
-    ``load_config`` turns ``--config`` into the root config: passed in by the
+    ``load_config`` turns ``--config`` into the root config, and ``locate_platform``
+    finds the running platform's URL for it (and says how): both passed in by the
     ``llmops`` CLI, because areas never import ``llmops`` (DESIGN.md layers).
     """
     p = subparsers.add_parser(
@@ -56,7 +61,7 @@ def add_parser(subparsers: Any, load_config: Callable[[str | None], LLMOpsConfig
     p.add_argument("--api-key", help="API key for --url (default: $LLMOPS_API_KEY)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.set_defaults(func=cmd_ingest, load_config=load_config)
+    p.set_defaults(func=cmd_ingest, load_config=load_config, locate_platform=locate_platform)
     return p
 
 
@@ -91,8 +96,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     try:
         store = open_store(cfg)
     except StoreLockedError as exc:
-        url = default_url(cfg)
-        err.print(f"{exc}\n→ submitting through the running platform at {url} instead")
+        url, how = (
+            args.locate_platform(cfg)
+            if args.locate_platform
+            else (default_url(cfg), "the config's gateway address")
+        )
+        err.print(f"{exc}\n→ submitting through {how} at {url} instead")
         return _remote(args, cfg, coll.name, url, fields, console, err, f" (its {store_label(cfg)})")
     with store:
         if args.delete:

@@ -25,7 +25,6 @@ import functools
 import json
 import logging
 import math
-import os
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -116,20 +115,26 @@ def ensure_ray(config: LLMOpsConfig) -> bool:
 
     if ray.is_initialized():
         return False
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep Ray's ports on 127.0.0.1
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     kwargs: dict[str, Any] = {
         "include_dashboard": False,
         "log_to_driver": False,
         "logging_level": logging.WARNING,
     }
     if config.ray.address:
-        kwargs["address"] = config.ray.address
-    else:
-        kwargs.update(address="local", num_cpus=config.ray.num_cpus, num_gpus=config.ray.num_gpus)
-        kwargs["_node_ip_address"] = config.ray.node_ip_address
-    ray.init(**kwargs)
+        ray.init(address=config.ray.address, **kwargs)
+        return True
+    from services.local_ray import start_local_ray
+
+    # loopback and token auth like the platform's cluster; the token lives only in this
+    # process' environment (this cluster ends with the command)
+    start_local_ray(
+        node_ip=config.ray.node_ip_address,
+        num_cpus=config.ray.num_cpus,
+        num_gpus=config.ray.num_gpus,
+        auth=config.ray.auth,
+        serve_hardening=False,
+        **kwargs,
+    )
     return True
 
 

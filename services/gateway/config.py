@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import re
 from typing import Literal
 
 from pydantic import Field, field_validator
 
 from services.deployment_config import DeploymentSettings, StrictModel
+from services.local_ray import is_loopback
+
+__all__ = ["ApiKey", "AuthConfig", "GatewayConfig", "hash_key", "is_loopback"]
 
 _TENANT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -18,16 +20,6 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 def hash_key(key: str) -> str:
     """The sha256 hex digest under which an API key is stored (keys themselves never are)."""
     return hashlib.sha256(key.encode()).hexdigest()
-
-
-def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and 'localhost'."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class ApiKey(StrictModel):
@@ -80,7 +72,11 @@ class AuthConfig(StrictModel):
 class GatewayConfig(StrictModel):
     """The HTTP front door: where it listens and what it accepts."""
 
-    host: str = Field("127.0.0.1", description="Address Serve's HTTP proxy binds to.")
+    host: str = Field(
+        "127.0.0.1",
+        description="Address the gateway's port listens on (the ingress: HAProxy or Serve's proxy); the "
+        "only one of the platform's sockets that may leave loopback. Not loopback requires auth.enabled.",
+    )
     port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
     max_body_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, le=1024**3, description="Largest request body accepted (413 above)."
@@ -95,6 +91,20 @@ class GatewayConfig(StrictModel):
     )
     throughput_optimized: bool = Field(
         True, description="Ray Serve's throughput-optimized mode (gRPC data plane between replicas)."
+    )
+    haproxy_stats_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Port of HAProxy's stats page, on Ray's node address (loopback by default); "
+        "null: a free port chosen at start and written to the run record.",
+    )
+    haproxy_metrics_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Port of HAProxy's own Prometheus metrics, on Ray's node address; null: a free "
+        "port chosen at start (run record).",
     )
     deployment: DeploymentSettings = Field(
         default_factory=lambda: DeploymentSettings(num_cpus=0.25, max_ongoing_requests=256),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +12,9 @@ import openai
 import pytest
 from ray import serve
 
-from llmops.cli import start_platform, stop_platform
 from llmops.config import LLMOpsConfig, validate_config
+from llmops.platform import start_platform, stop_platform
+from llmops.run_record import free_port
 from services.gateway.config import hash_key
 from tests.fixtures.otlp_sink import OtlpSink
 from tests.fixtures.tiny_hf_model import build_tiny_model
@@ -32,12 +32,6 @@ def deployment_call(deployment: str, method: str) -> Any:
     """
     handle = serve.get_deployment_handle(deployment, app_name="llmops")
     return getattr(handle, method).remote().result(timeout_s=60)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

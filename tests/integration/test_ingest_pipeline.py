@@ -70,7 +70,9 @@ def ray_cluster() -> Iterator[None]:
 
     started = not ray.is_initialized()
     if started:
-        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+        from services.local_ray import start_local_ray
+
+        start_local_ray(num_cpus=4, serve_hardening=False, include_dashboard=False, log_to_driver=False)
     yield
     if started:
         ray.shutdown()

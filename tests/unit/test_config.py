@@ -30,6 +30,31 @@ def test_builtin_defaults_serve_extractive_on_loopback_without_auth() -> None:
     assert cfg.data_dir == "./.llmops"
 
 
+def test_builtin_defaults_are_configs_local_yaml(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)  # no ./llmops.yaml here
+    builtin = load_config(None, environ={})
+    shipped = load_config(ROOT / "configs" / "local.yaml", environ={})
+    assert builtin == shipped
+    # e.g. the price list: without it no cost would be recorded
+    assert builtin.models[0].pricing.mode == "token"  # type: ignore[union-attr]
+    assert builtin.rag and builtin.retrieval.collections
+    # the package data is the file the repository's configs/local.yaml is
+    from llmops.config import builtin_defaults_text
+
+    assert builtin_defaults_text() == (ROOT / "configs" / "local.yaml").read_text()
+
+
+def test_ray_auth_may_be_off_only_on_loopback() -> None:
+    validate_config({"ray": {"auth": "disabled"}})  # loopback: the user's choice
+    validate_config({"ray": {"node_ip_address": "192.0.2.7"}})  # token auth: fine
+    with pytest.raises(ConfigError) as exc:
+        validate_config({"ray": {"node_ip_address": "192.0.2.7", "auth": "disabled"}})
+    issue = exc.value.issues[0]
+    assert issue.path == "ray" and "192.0.2.7" in issue.message and "auth: token" in issue.message
+    # joining a cluster: its own auth applies
+    validate_config({"ray": {"address": "auto", "node_ip_address": "192.0.2.7", "auth": "disabled"}})
+
+
 def test_unknown_key_and_bad_value_are_reported_with_paths(tmp_path: Path) -> None:
     f = tmp_path / "c.yaml"
     f.write_text(

@@ -1,0 +1,300 @@
+"""``llmops up``: serve until Ctrl-C or SIGTERM, and leave nothing behind.
+
+One run per ``data_dir`` (a lock under ``<data_dir>/run``). A run that was
+killed (SIGKILL, the OOM killer) left Ray's processes and HAProxy running: the
+next ``llmops up`` on that data_dir finds them by the run id in their
+environment and stops them before it starts. Ports already taken by someone
+else are named with their holder before anything starts. Stopping drains Serve
+for at most 15 s, stops Ray, then stops whatever of the run still lives, so a
+stop takes well under 30 s even right after heavy load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from llmops.config import LLMOpsConfig
+from llmops.console import Console
+from llmops.platform import (
+    InternalPorts,
+    StartError,
+    gateway_url,
+    metrics_url,
+    raise_interrupt,
+    start_platform,
+    stop_platform,
+)
+from llmops.run_record import (
+    RUN_ID_ENV,
+    RunLock,
+    RunRecord,
+    busy_ports,
+    leftover_processes,
+    read_record,
+    run_dir,
+    stop_processes,
+)
+
+
+def _clean_previous(cfg: LLMOpsConfig, console: Console) -> str | None:
+    """Stop what a dead run on this data_dir left behind; an error message if something survives."""
+    previous = read_record(cfg.data_dir)
+    if previous is None:
+        return None
+    left = leftover_processes(previous.run_id)
+    if left:
+        console.event(
+            "cleanup",
+            f"the previous run on this data_dir (pid {previous.pid}) ended without stopping; "
+            f"stopping what it left behind: {', '.join(map(str, left))}",
+            "warning",
+            previous_pid=previous.pid,
+            processes=[p.pid for p in left],
+        )
+        survivors = stop_processes(left)
+        if survivors:
+            return f"could not stop {', '.join(map(str, survivors))}, left by the previous run; stop them by hand"
+    if previous.ray_token_file:
+        Path(previous.ray_token_file).unlink(missing_ok=True)
+    return None
+
+
+def _wanted_ports(
+    cfg: LLMOpsConfig, ports: InternalPorts, with_prometheus: bool
+) -> dict[str, tuple[str, int]]:
+    node = cfg.ray.node_ip_address
+    wanted = {"gateway.port": (cfg.gateway.host, cfg.gateway.port)}
+    if not cfg.ray.address:
+        wanted["monitoring.metrics.export_port"] = (node, cfg.monitoring.metrics.export_port)
+        if cfg.gateway.ingress == "haproxy":
+            wanted["gateway.haproxy_stats_port"] = (node, ports.haproxy_stats)
+            wanted["gateway.haproxy_metrics_port"] = (node, ports.haproxy_metrics)
+    if with_prometheus:
+        wanted["monitoring.prometheus.port"] = (
+            cfg.monitoring.prometheus.host,
+            cfg.monitoring.prometheus.port,
+        )
+    return wanted
+
+
+def cmd_up(cfg: LLMOpsConfig, args: argparse.Namespace) -> int:
+    """Run ``llmops up`` on ``cfg``; returns the exit code."""
+    console = Console(args.log_format)
+    console.route_logging()
+    lock = RunLock(cfg.data_dir)
+    if not lock.acquire():
+        holder = read_record(cfg.data_dir)
+        who = f"pid {holder.pid}, serving {holder.url}" if holder else "its record is not written yet"
+        console.error(
+            f"llmops up is already running on data_dir {Path(cfg.data_dir).resolve()} ({who}); stop it "
+            "first (Ctrl-C in its terminal, or kill -INT <pid>), or give this one another data_dir",
+            event="already_running",
+            pid=holder.pid if holder else None,
+        )
+        return 1
+    signal.signal(signal.SIGTERM, raise_interrupt)
+    record: RunRecord | None = None
+    prometheus, rc = None, 0
+    try:
+        problem = _clean_previous(cfg, console)
+        ports = InternalPorts.resolve(cfg)
+        busy = busy_ports(_wanted_ports(cfg, ports, args.with_prometheus))
+        if problem or busy:
+            console.error("; ".join([*([problem] if problem else []), *busy]), event="ports_in_use")
+            return 1
+        url = gateway_url(cfg)
+        record = RunRecord.new(
+            cfg.data_dir,
+            url,
+            {
+                "gateway": cfg.gateway.port,
+                "metrics": cfg.monitoring.metrics.export_port,
+                "haproxy_stats": ports.haproxy_stats,
+                "haproxy_metrics": ports.haproxy_metrics,
+                "fallback_proxy": ports.fallback_proxy,
+            },
+        )
+        token_file = (
+            run_dir(cfg.data_dir) / "ray-token" if not cfg.ray.address and cfg.ray.auth == "token" else None
+        )
+        record.ray_token_file = str(token_file) if token_file else None
+        os.environ[RUN_ID_ENV] = record.run_id  # inherited by every process this run starts
+        record.write()
+        console.event(
+            "starting",
+            f"starting llmops on {cfg.gateway.host}:{cfg.gateway.port} ...",
+            host=cfg.gateway.host,
+            port=cfg.gateway.port,
+            data_dir=record.data_dir,
+        )
+        started = time.monotonic()
+        start_platform(cfg, args.ready_timeout, ports=ports, token_file=token_file, handle_sigterm=True)
+        extra = []
+        if args.with_prometheus:
+            prometheus, line = _start_prometheus(cfg)
+            extra.append(line)
+        if args.sample_corpus:
+            seeded = seed_sample_corpus(cfg, url)
+            if seeded:
+                extra.append(seeded)
+        if cfg.retrieval.enabled:
+            store = cfg.services().retrieval.vector_store
+            extra.append(f"  vector store    {store.url or 'embedded Qdrant at ' + str(store.path)}")
+        record.status = "ready"
+        record.write()
+        console.event(
+            "ready",
+            banner(cfg, url, extra),
+            url=url,
+            metrics_url=metrics_url(cfg),
+            models=[m.name for m in cfg.models] + [r.name for r in cfg.rag],
+            embeddings=[e.name for e in cfg.embeddings],
+            data_dir=record.data_dir,
+            startup_s=round(time.monotonic() - started, 1),
+        )
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        console.event("stopping", "\nshutting down ...")
+    except StartError as exc:
+        console.error(str(exc), event="start_failed")
+        rc = 1
+    finally:
+        # ignore further Ctrl-C while stopping, so no process is left behind
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if record is not None:
+            _stop(record, prometheus, console)
+        lock.release()
+    return rc
+
+
+def _stop(record: RunRecord, prometheus: Any, console: Console) -> None:
+    t0 = time.monotonic()
+    record.status = "stopping"
+    record.write()
+    if prometheus is not None:
+        prometheus.stop()
+    stop_platform()
+    left = leftover_processes(record.run_id)
+    if left:  # Ray did not take them down with it (HAProxy, a stuck worker)
+        console.event("cleanup", f"stopping what Ray left running: {', '.join(map(str, left))}", "warning")
+        stop_processes(left, grace_s=3.0)
+    if record.ray_token_file:
+        Path(record.ray_token_file).unlink(missing_ok=True)
+    console.event("stopped", "stopped.", stop_s=round(time.monotonic() - t0, 1))
+
+
+# -- what the banner says -------------------------------------------------------------------------
+def seed_sample_corpus(cfg: LLMOpsConfig, url: str) -> str | None:
+    """Load the SQuAD sample paragraphs into the first collection if it is empty.
+
+    Goes through the running platform's API, so the documents get the same
+    validation, chunking and ids as any online write. Returns a line for the
+    banner, or None when there is nothing to do.
+    """
+    import httpx
+
+    from evals.datasets import sample_corpus
+
+    if not (cfg.retrieval.enabled and cfg.retrieval.collections):
+        return None
+    name = cfg.retrieval.collections[0].name
+    headers = (
+        {"Authorization": f"Bearer {os.environ['LLMOPS_API_KEY']}"}
+        if os.environ.get("LLMOPS_API_KEY")
+        else {}
+    )
+    with httpx.Client(base_url=url, headers=headers, timeout=600) as http:
+        cols = http.get("/v1/collections")
+        cols.raise_for_status()
+        points = {c["name"]: c["points"] for c in cols.json()["data"]}
+        if points.get(name):
+            return f"  sample corpus   collection '{name}' already holds {points[name]} chunks"
+        docs = sample_corpus()
+        from rich.progress import Progress
+
+        with Progress(transient=True) as progress:
+            task = progress.add_task(f"loading the sample corpus into '{name}'", total=len(docs))
+            for i in range(0, len(docs), 64):
+                batch = [
+                    {"id": d.doc_id, "text": d.text, "metadata": d.metadata, "source": d.source}
+                    for d in docs[i : i + 64]
+                ]
+                http.post(f"/v1/collections/{name}/documents", json={"documents": batch}).raise_for_status()
+                progress.advance(task, len(batch))
+    return f"  sample corpus   {len(docs)} SQuAD 2.0 paragraphs (CC BY-SA 4.0) loaded into '{name}'"
+
+
+def banner(cfg: LLMOpsConfig, url: str, extra: list[str] | None = None) -> str:
+    chat = [m.name for m in cfg.models] + [r.name for r in cfg.rag]
+    emb = [e.name for e in cfg.embeddings]
+    auth = (
+        f"ON ({len(cfg.auth.keys)} key(s))"
+        if cfg.auth.enabled
+        else f"OFF — allowed only because the gateway is bound to loopback ({cfg.gateway.host})"
+    )
+    key = "Authorization: Bearer $LLMOPS_API_KEY" if cfg.auth.enabled else ""
+    curl_auth = f' -H "{key}"' if key else ""
+    if cfg.rag:  # ask the RAG model something the sample corpus answers
+        body = json.dumps(
+            {
+                "model": cfg.rag[0].name,
+                "messages": [{"role": "user", "content": "Who was the leader of the Normans?"}],
+            }
+        )
+    else:
+        body = json.dumps(
+            {"model": chat[0] if chat else "", "messages": [{"role": "user", "content": "Hello!"}]}
+        )
+    lines = [
+        "llmops is ready",
+        f"  OpenAI API      {url}/v1   (chat/completions, completions, embeddings, models)",
+        f"  health          {url}/healthz   readiness {url}/readyz",
+        f"  chat models     {', '.join(chat) or '-'}",
+        f"  embedding       {', '.join(emb) or '-'}",
+        f"  auth            {auth}",
+        f"  data            {Path(cfg.data_dir).resolve()}",
+        *_monitoring_lines(cfg, url),
+        *(extra or []),
+        "",
+        "Try:",
+        f"  curl -s {url}/v1/chat/completions -H 'Content-Type: application/json'{curl_auth} \\",
+        f"       -d '{body}'",
+        "",
+        "Ctrl-C stops everything.",
+    ]
+    return "\n".join(lines)
+
+
+def _monitoring_lines(cfg: LLMOpsConfig, url: str) -> list[str]:
+    mon = cfg.services().monitoring
+    scrape = metrics_url(cfg)
+    lines = []
+    if mon.metrics.enabled and scrape:
+        lines.append(f"  metrics         {scrape}   (Prometheus scrape URL; names start ray_llmops_)")
+    if mon.request_log.enabled:
+        lines.append(f"  request log     {mon.request_log.path}")
+    if cfg.usage.enabled:
+        lines.append(f"  usage           {url}/v1/usage?since=2026-01-01T00:00:00Z")
+    if mon.tracing.enabled:
+        lines.append(f"  tracing         OTLP → {mon.tracing.otlp_endpoint or '(no endpoint: ids only)'}")
+    return lines
+
+
+def _start_prometheus(cfg: LLMOpsConfig) -> tuple[Any, str]:
+    """Start the local Prometheus; returns it (or None) and a banner line."""
+    from llmops.local_prometheus import LocalPrometheus
+
+    prom = LocalPrometheus(cfg.monitoring, cfg.data_dir)
+    try:
+        prom_url = prom.start()
+    except RuntimeError as exc:  # PrometheusNotInstalledError is one
+        return None, f"  prometheus      not started: {exc}"
+    return prom, f"  prometheus      {prom_url}   (alert rules: {prom.rules_file})"
