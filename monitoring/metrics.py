@@ -60,7 +60,7 @@ STAGES: tuple[str, ...] = ("auth", "guardrails", "embed", "retrieve", "generate"
 
 # The only label keys llmops metrics may use (never user ids or free text).
 LABELS: frozenset[str] = frozenset(
-    {"model", "route", "status", "stage", "tenant", "engine", "collection", "kind"}
+    {"model", "route", "status", "stage", "tenant", "engine", "collection", "kind", "outcome"}
 )
 # ``llmops_build_info`` is the one exception: its labels carry the build.
 BUILD_INFO_LABELS: tuple[str, ...] = ("version", "python")
@@ -198,11 +198,19 @@ ENGINE_WAITING = MetricDef(
     ("model", "engine"),
 )  # fmt: skip
 
+REPLICA_RETRIES = MetricDef(
+    "llmops_replica_retries_total", "counter",
+    "Requests whose replica died under them, by outcome: recovered (retried once before any byte "
+    "reached the client, and answered), failed (the retry could not answer: 503), stream_broken "
+    "(a stream already under way: it ended with an error event).",
+    ("route", "model", "outcome"),
+)  # fmt: skip
+
 DEFINITIONS: tuple[MetricDef, ...] = (
     REQUESTS, REQUEST_DURATION, TTFT, ITL, QUEUE_TIME, STAGE_DURATION,
     PROMPT_TOKENS, COMPLETION_TOKENS, REQUEST_PROMPT_TOKENS, REQUEST_COMPLETION_TOKENS,
     IN_FLIGHT, EMBED_BATCH, RETRIEVAL_RESULTS, RETRIEVAL_TOP_SCORE, COST, BUILD_INFO,
-    ENGINE_KV_CACHE, ENGINE_RUNNING, ENGINE_WAITING,
+    ENGINE_KV_CACHE, ENGINE_RUNNING, ENGINE_WAITING, REPLICA_RETRIES,
 )  # fmt: skip
 
 
@@ -489,6 +497,9 @@ class MetricSet:
 
     def add_cost(self, tenant: str | None, model: str, usd: float) -> None:
         self._counter(COST, usd, {"tenant": self.tenant(tenant), "model": model})
+
+    def count_replica_retry(self, route: str, model: str, outcome: str) -> None:
+        self._counter(REPLICA_RETRIES, 1, {"route": route, "model": model, "outcome": outcome})
 
     # RAG
     def observe_embedding_batch(self, model: str, size: int) -> None:

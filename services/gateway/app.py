@@ -8,7 +8,6 @@ Every error leaves through :func:`services.gateway.errors.to_response`.
 
 import asyncio
 import contextlib
-import json
 import logging
 import re
 import time
@@ -16,6 +15,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import pydantic_core
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -32,12 +32,13 @@ from services.errors import (
     NotFoundError,
     PermissionDeniedError,
     RequestTooLargeError,
-    ServiceUnavailableError,
 )
 from services.gateway.auth import Authenticator, Identity
 from services.gateway.config import AuthConfig, GatewayConfig
 from services.gateway.errors import envelope, to_response
 from services.gateway.observe import GatewayObserver, ObservabilityMiddleware, RequestObservation, current
+from services.gateway.openapi import install as install_openapi
+from services.gateway.openapi_routes import ROUTES
 from services.gateway.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -46,15 +47,20 @@ from services.gateway.protocol import (
     RetrieveRequest,
     parse_request,
 )
+from services.gateway.readiness import Readiness
 from services.gateway.retrieval import RetrievalServing
-from services.gateway.serving import OpenAIServing
+from services.gateway.serving import OpenAIServing, model_probes
 
 logger = logging.getLogger("llmops.gateway")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+READYZ_WAIT_S = 2.0  # /readyz answers within this, ready or not
 GAUGE_REFRESH_S = 2.0  # well inside Ray's gauge TTL (two export intervals)
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 api = FastAPI(title="llmops", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
+install_openapi(
+    api, ROUTES
+)  # request bodies, responses and errors of every route: services/gateway/openapi.py
 
 
 def request_id_of(request: Request) -> str:
@@ -149,30 +155,40 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _parse_since(value: str | None, now: float) -> float:
-    """``since`` as epoch seconds: RFC 3339 / ISO 8601, or epoch seconds; default 24 h ago."""
+#: the times ``/v1/usage`` can name: from the epoch to the end of year 9999
+_MAX_TIME = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
+
+
+def _parse_time(value: str | None, now: float, param: str = "since") -> float:
+    """``since``/``until`` as epoch seconds: RFC 3339 / ISO 8601, or epoch seconds; default 24 h ago."""
     if value is None:
         return now - 86_400
     try:
-        return float(value)
+        ts = float(value)
     except ValueError:
-        pass
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidRequestError(
+                f"Invalid value for '{param}': {value!r}; use an ISO 8601 time such as "
+                "2026-11-26T00:00:00Z, or epoch seconds.",
+                param=param,
+                value=value,
+            ) from None
+        if parsed.tzinfo is None:
+            raise InvalidRequestError(
+                f"Invalid value for '{param}': {value!r} has no time zone; add Z or an offset.",
+                param=param,
+                value=value,
+            ) from None
+        ts = parsed.timestamp()
+    if not 0 <= ts <= _MAX_TIME:  # NaN fails this too
         raise InvalidRequestError(
-            f"Invalid value for 'since': {value!r}; use an ISO 8601 time such as "
-            "2026-11-26T00:00:00Z, or epoch seconds.",
-            param="since",
-            value=value,
-        ) from None
-    if parsed.tzinfo is None:
-        raise InvalidRequestError(
-            f"Invalid value for 'since': {value!r} has no time zone; add Z or an offset.",
-            param="since",
+            f"Invalid value for '{param}': {value!r} is outside 1970-01-01 .. 9999-12-31.",
+            param=param,
             value=value,
         )
-    return parsed.timestamp()
+    return ts
 
 
 @serve.deployment(name="gateway")
@@ -194,8 +210,12 @@ class Gateway:
         self.config = GatewayConfig.model_validate(gateway)
         auth_config = AuthConfig.model_validate(auth)
         self.auth = Authenticator(auth_config)
-        self.serving = OpenAIServing(generation, embeddings)
-        self.retrieval = RetrievalServing(retrieval)
+        self.retrieval = RetrievalServing(retrieval, self.config.retry_timeout_s)
+        self.readiness = Readiness(
+            {**model_probes(generation, embeddings), **self.retrieval.readiness_probes()},
+            self.config.startup_wait_s,
+        )
+        self.serving = OpenAIServing(generation, embeddings, self.readiness, self.config.retry_timeout_s)
         mon = MonitoringConfig.model_validate(monitoring or {})
         tenants = [k.tenant for k in auth_config.keys] + [auth_config.anonymous_tenant]
         obs = observability(mon, tenants=tenants)
@@ -250,14 +270,19 @@ class Gateway:
             if len(body) > limit:
                 raise RequestTooLargeError(f"Request body is over the limit of {limit} bytes.", param=None)
         try:
-            return json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            # pydantic's parser, stricter than json.loads: a lone surrogate escape ("\ud800"),
+            # NaN or Infinity is invalid JSON here (they broke requests further down)
+            return pydantic_core.from_json(bytes(body), allow_inf_nan=False)
+        except ValueError as exc:
             raise InvalidRequestError(
                 f"We could not parse the JSON body of your request ({exc}).", param=None
             ) from None
 
-    def _tenant(self, request: Request) -> str:
-        return self._identify(request).tenant
+    async def _tenant(self, request: Request) -> str:
+        """The caller's tenant (401 without a valid key), once the platform is ready (503 before)."""
+        tenant = self._identify(request).tenant
+        await self.readiness.wait()
+        return tenant
 
     def _identify(self, request: Request) -> Identity:
         obs = current()
@@ -280,26 +305,23 @@ class Gateway:
 
     @api.get("/readyz")
     async def readyz(self) -> JSONResponse:
-        """Readiness: every model deployment has answered ``info()``."""
-        try:
-            infos = await self.serving.model_infos()
-        except Exception as exc:
-            raise ServiceUnavailableError(f"models are not ready: {type(exc).__name__}") from exc
+        """Readiness: every deployment behind the gateway has answered (503 naming those that have not)."""
+        infos = await self.serving.model_infos(wait_s=READYZ_WAIT_S)
         return JSONResponse({"status": "ready", "models": sorted(infos)})
 
     @api.get("/v1/models")
     async def list_models(self, request: Request) -> dict[str, Any]:
-        self._tenant(request)
+        await self._tenant(request)
         return await self.serving.list_models()
 
     @api.get("/v1/models/{model:path}")
     async def get_model(self, model: str, request: Request) -> dict[str, Any]:
-        self._tenant(request)
+        await self._tenant(request)
         return await self.serving.get_model(model)
 
     @api.post("/v1/chat/completions")
     async def chat_completions(self, request: Request) -> Response:
-        tenant = self._tenant(request)
+        tenant = await self._tenant(request)
         req = await self._parse(request, ChatCompletionRequest)
         obs = _observation()
         result = await self.serving.chat(req, request_id_of(request), tenant, obs)
@@ -307,7 +329,7 @@ class Gateway:
 
     @api.post("/v1/completions")
     async def completions(self, request: Request) -> Response:
-        tenant = self._tenant(request)
+        tenant = await self._tenant(request)
         req = await self._parse(request, CompletionRequest)
         obs = _observation()
         result = await self.serving.completions(req, request_id_of(request), tenant, obs)
@@ -315,28 +337,28 @@ class Gateway:
 
     @api.post("/v1/retrieve")
     async def retrieve(self, request: Request) -> Response:
-        tenant = self._tenant(request)
+        tenant = await self._tenant(request)
         req = await self._parse(request, RetrieveRequest)
         obs = _observation()
         return _respond(await self.retrieval.retrieve(req, tenant, obs), obs)
 
     @api.get("/v1/collections")
     async def list_collections(self, request: Request) -> dict[str, Any]:
-        return await self.retrieval.collections(self._tenant(request))
+        return await self.retrieval.collections(await self._tenant(request))
 
     @api.post("/v1/collections/{name}/documents")
     async def upsert_documents(self, name: str, request: Request) -> dict[str, Any]:
-        tenant = self._tenant(request)
+        tenant = await self._tenant(request)
         req = await self._parse(request, DocumentsRequest)
         return await self.retrieval.upsert(name, req, tenant)
 
     @api.delete("/v1/collections/{name}/documents/{doc_id:path}")
     async def delete_document(self, name: str, doc_id: str, request: Request) -> dict[str, Any]:
-        return await self.retrieval.delete(name, doc_id, self._tenant(request))
+        return await self.retrieval.delete(name, doc_id, await self._tenant(request))
 
     @api.post("/v1/embeddings")
     async def embeddings(self, request: Request) -> Response:
-        self._tenant(request)
+        await self._tenant(request)
         req = await self._parse(request, EmbeddingRequest)
         obs = _observation()
         return _respond(await self.serving.embeddings(req, obs), obs)
@@ -361,8 +383,8 @@ class Gateway:
                 value=tenant,
             )
         now = time.time()
-        start = _parse_since(since, now)
-        end = None if until is None else _parse_since(until, now)
+        start = _parse_time(since, now)
+        end = None if until is None else _parse_time(until, now, "until")
         if end is not None and end <= start:
             raise InvalidRequestError("'until' must be after 'since'.", param="until", value=until)
         # what this replica has not sent yet must count too: flush before reading

@@ -84,6 +84,21 @@ class GatewayConfig(StrictModel):
     request_timeout_s: float = Field(
         600.0, gt=0, le=86_400, description="Longest a request may take end to end before it is cancelled."
     )
+    retry_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        le=86_400,
+        description="When the replica serving a request dies before the client got a byte, the request "
+        "is retried once: this bounds the retry (its whole answer, or a stream's first chunk), which may "
+        "wait for the deployment's restarted replica. 503 with Retry-After after that.",
+    )
+    startup_wait_s: float = Field(
+        1.0,
+        ge=0,
+        le=60,
+        description="While the deployments behind the gateway are still starting, a request waits this "
+        "long for them, then gets 503 with Retry-After (never a connection held open).",
+    )
     ingress: Literal["haproxy", "serve-proxy"] = Field(
         "haproxy",
         description="HTTP ingress in front of the gateway replicas: Ray Serve's HAProxy ingress "

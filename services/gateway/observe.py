@@ -75,6 +75,8 @@ class RequestObservation:
     completion_tokens: int = 0
     cost_usd: float | None = None
     error: str | None = None
+    #: a replica died under the request: recovered | failed | stream_broken (services.gateway.retry)
+    retry: str | None = None
     #: True when the request log includes prompts: then the text is kept (and redacted when written)
     capture_text: bool = False
     prompt_text: str | None = None
@@ -172,6 +174,8 @@ class GatewayObserver:
                 m.add_tokens(obs.model, obs.tenant, obs.prompt_tokens, obs.completion_tokens)
             if obs.cost_usd:
                 m.add_cost(obs.tenant, obs.model, obs.cost_usd)
+            if obs.retry:
+                m.count_replica_retry(obs.route, obs.model, obs.retry)
         if self.usage is not None and obs.route in MODEL_ROUTES and obs.model != NO_MODEL and status < 400:
             self.usage.add(
                 obs.tenant or "", obs.model, obs.prompt_tokens, obs.completion_tokens, obs.cost_usd or 0.0
@@ -205,6 +209,7 @@ class GatewayObserver:
             "completion_tokens": obs.completion_tokens,
             "cost_usd": obs.cost_usd,
             "error": obs.error,
+            "retry": obs.retry,
         }
         if self.include_prompts:
             rec["prompt"] = self._text(obs.prompt_text)
@@ -288,6 +293,8 @@ class ObservabilityMiddleware:
                 trace_id = obs.trace_id
                 if trace_id:
                     extra.append((b"x-trace-id", trace_id.encode()))
+                if obs.retry:
+                    extra.append((b"x-llmops-retry", obs.retry.encode()))
                 message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 

@@ -22,7 +22,9 @@ _M = TypeVar("_M", bound=BaseModel)
 
 
 class _Wire(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: JSON types as OpenAI's API takes them ("max_tokens": "8" or "stream": "false" is a
+    # 400, not a silent conversion); an integer is still a valid number
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class StreamOptions(_Wire):
@@ -54,7 +56,8 @@ class _SamplingFields(_Wire):
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
     top_k: Annotated[int, Field(ge=-1, le=100_000)] | None = None
     n: Annotated[int, Field(ge=1, le=128)] | None = None
-    stop: str | list[str] | None = None
+    # the validators' limits, stated in the schema too (json_schema_extra changes no validation)
+    stop: str | list[str] | None = Field(None, json_schema_extra={"maxItems": _MAX_STOP})
     seed: int | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -113,6 +116,8 @@ class _SamplingFields(_Wire):
 
 
 class ChatCompletionRequest(_SamplingFields):
+    """OpenAI's chat completion request; ``top_k``, ``num_beams``, ``use_beam_search`` as in vLLM."""
+
     messages: list[Message] = Field(min_length=1)
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
@@ -154,7 +159,9 @@ class ChatCompletionRequest(_SamplingFields):
 
 
 class CompletionRequest(_SamplingFields):
-    prompt: str | list[str]
+    """OpenAI's (legacy) completion request: one prompt or up to 64."""
+
+    prompt: str | list[str] = Field(json_schema_extra={"minItems": 1, "maxItems": 64})
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     echo: bool | None = None
@@ -183,8 +190,10 @@ class CompletionRequest(_SamplingFields):
 
 
 class EmbeddingRequest(_Wire):
+    """OpenAI's embeddings request: one text or up to 2048."""
+
     model: str = Field(min_length=1, max_length=256)
-    input: str | list[str]
+    input: str | list[str] = Field(json_schema_extra={"minItems": 1, "maxItems": 2048})
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: Annotated[int, Field(ge=1)] | None = None
     user: str | None = Field(None, max_length=256)
@@ -247,6 +256,9 @@ def _short(value: Any) -> str:
 
 
 class RetrieveRequest(_Wire):
+    """A search of one collection, scoped to the caller's tenant; ``filter`` maps ``doc_id``,
+    ``source`` or a metadata field to a value, ``{"any": [...]}`` or ``{"gte"|"gt"|"lte"|"lt": n}``."""
+
     collection: str = Field(min_length=1, max_length=63)
     query: str = Field(min_length=1, max_length=100_000)
     top_k: Annotated[int, Field(ge=1, le=10_000)] = 5
@@ -264,6 +276,8 @@ class DocumentIn(_Wire):
 
 
 class DocumentsRequest(_Wire):
+    """Documents to write (ids unique within the request)."""
+
     documents: list[DocumentIn] = Field(min_length=1, max_length=1000)
 
     @field_validator("documents")

@@ -8,6 +8,7 @@ from typing import Any
 from services.errors import NotFoundError
 from services.gateway.observe import RequestObservation
 from services.gateway.protocol import DocumentsRequest, RetrieveRequest
+from services.gateway.retry import retry_once
 from services.retrieval.types import Document, Hit, SearchResult
 
 
@@ -29,8 +30,19 @@ def _hits_json(collection: str, hits: list[Hit]) -> dict[str, Any]:
 
 
 class RetrievalServing:
-    def __init__(self, handle: Any) -> None:
+    """The retrieval routes over the retrieval deployment's handle (None: retrieval is off)."""
+
+    def __init__(self, handle: Any, retry_timeout_s: float = 60.0) -> None:
         self._h = handle
+        self._retry_s = retry_timeout_s
+
+    def readiness_probes(self) -> dict[str, Any]:
+        return {} if self._h is None else {"retrieval": self._h.describe.remote}
+
+    async def _call(self, method: str, *args: Any, obs: Any = None, **kwargs: Any) -> Any:
+        """One call on the retrieval deployment, retried once if its replica died."""
+        fn = getattr(self._handle(), method)
+        return await retry_once(lambda: fn.remote(*args, **kwargs), "retrieval", obs, self._retry_s)
 
     def _handle(self) -> Any:
         if self._h is None:
@@ -40,9 +52,9 @@ class RetrievalServing:
     async def retrieve(
         self, req: RetrieveRequest, tenant: str, obs: RequestObservation | None = None
     ) -> dict[str, Any]:
-        handle = self._handle()
         t0 = time.perf_counter()
-        found: SearchResult = await handle.search.remote(
+        found: SearchResult = await self._call(
+            "search",
             req.collection,
             tenant,
             req.query,
@@ -52,6 +64,7 @@ class RetrievalServing:
             exact=req.exact,
             hybrid=req.hybrid,
             trace=obs.trace_carrier() if obs is not None else None,
+            obs=obs,
         )
         if obs is None:
             return _hits_json(req.collection, found.hits)
@@ -62,15 +75,16 @@ class RetrievalServing:
             return _hits_json(req.collection, found.hits)
 
     async def collections(self, tenant: str) -> dict[str, Any]:
-        return {"object": "list", "data": await self._handle().collections.remote(tenant)}
+        return {"object": "list", "data": await self._call("collections", tenant)}
 
     async def upsert(self, name: str, req: DocumentsRequest, tenant: str) -> dict[str, Any]:
         docs = [
             Document(doc_id=d.id, text=d.text, metadata=d.metadata, source=d.source) for d in req.documents
         ]
-        result: dict[str, Any] = await self._handle().upsert_documents.remote(name, tenant, docs)
+        # idempotent (chunk ids are content-addressed), so a retry cannot duplicate anything
+        result: dict[str, Any] = await self._call("upsert_documents", name, tenant, docs)
         return result
 
     async def delete(self, name: str, doc_id: str, tenant: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self._handle().delete_document.remote(name, tenant, doc_id)
+        result: dict[str, Any] = await self._call("delete_document", name, tenant, doc_id)
         return result

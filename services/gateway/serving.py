@@ -1,5 +1,5 @@
 """OpenAI protocol logic of the gateway: turns wire requests into calls on the
-model deployments and their results into OpenAI responses and SSE streams.
+model deployments and their results into OpenAI responses (streams: :mod:`services.gateway.sse`).
 
 Free of FastAPI: :mod:`services.gateway.app` is the thin HTTP glue. The model
 deployments are reached through Ray Serve ``DeploymentHandle``s (or anything
@@ -10,27 +10,30 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry.trace import INVALID_SPAN
 
-from services.errors import (
-    InvalidRequestError,
-    LLMOpsError,
-    ModelNotFoundError,
-    UnsupportedParameterError,
-    status_for,
-)
-from services.gateway.errors import envelope, unwrap
+from services.errors import InvalidRequestError, ModelNotFoundError, UnsupportedParameterError
 from services.gateway.observe import RequestObservation
 from services.gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from services.gateway.readiness import Readiness
+from services.gateway.retry import retry_once
+from services.gateway.sse import (
+    StreamItem,
+    chat_logprobs,
+    chat_sse,
+    completion_logprobs,
+    completion_sse,
+    open_stream,
+    rag_fields,
+    usage_json,
+)
 from services.generation.protocol import (
-    GenerationChunk,
     GenerationRequest,
     GenerationStats,
     StageTimings,
@@ -38,10 +41,6 @@ from services.generation.protocol import (
 )
 from services.rag.types import RagMeta
 
-#: what a generation or RAG deployment streams: chunks, plus measurements the gateway absorbs
-StreamItem = GenerationChunk | GenerationStats | StageTimings | RagMeta
-
-DONE = "data: [DONE]\n\n"
 logger = logging.getLogger("llmops.gateway")
 
 
@@ -53,60 +52,32 @@ class _Choice:
     logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
-def _sse(obj: dict[str, Any]) -> str:
-    return f"data: {json.dumps(obj, separators=(',', ':'), ensure_ascii=False)}\n\n"
-
-
-def _chat_logprobs(items: list[TokenLogprob] | tuple[TokenLogprob, ...]) -> dict[str, Any]:
-    return {
-        "content": [
-            {
-                "token": lp.token,
-                "logprob": lp.logprob,
-                "bytes": list(lp.token.encode()),
-                "top_logprobs": [{"token": t, "logprob": v, "bytes": list(t.encode())} for t, v in lp.top],
-            }
-            for lp in items
-        ]
-    }
-
-
-def _completion_logprobs(
-    items: list[TokenLogprob] | tuple[TokenLogprob, ...], offset: int = 0
-) -> dict[str, Any]:
-    offsets, pos = [], offset
-    for lp in items:
-        offsets.append(pos)
-        pos += len(lp.token)
-    return {
-        "tokens": [lp.token for lp in items],
-        "token_logprobs": [lp.logprob for lp in items],
-        "top_logprobs": [dict(lp.top) for lp in items],
-        "text_offset": offsets,
-    }
-
-
-def _usage(prompt: int, completion: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+def model_probes(generation: dict[str, Any], embeddings: dict[str, Any]) -> dict[str, Any]:
+    """One readiness probe per model deployment: its ``info()`` (static, so asked once)."""
+    return {f"model {name}": h.info.remote for name, h in {**generation, **embeddings}.items()}
 
 
 class OpenAIServing:
     """Chat, completions, embeddings and the model list over deployment handles."""
 
-    def __init__(self, generation: dict[str, Any], embeddings: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        generation: dict[str, Any],
+        embeddings: dict[str, Any],
+        readiness: Readiness | None = None,
+        retry_timeout_s: float = 60.0,
+    ) -> None:
         self._gen = generation
         self._emb = embeddings
-        self._infos: dict[str, dict[str, Any]] | None = None
+        self.readiness = readiness or Readiness(model_probes(generation, embeddings))
+        self._retry_s = retry_timeout_s
         self._created = int(time.time())
 
     # -- models ---------------------------------------------------------------------
-    async def model_infos(self) -> dict[str, dict[str, Any]]:
-        """``info()`` of every deployment, fetched once (they are static)."""
-        if self._infos is None:
-            handles = {**self._gen, **self._emb}
-            infos = await asyncio.gather(*(h.info.remote() for h in handles.values()))
-            self._infos = dict(zip(handles, infos, strict=True))
-        return self._infos
+    async def model_infos(self, wait_s: float | None = None) -> dict[str, dict[str, Any]]:
+        """``info()`` of every model deployment; 503 while one has not answered yet."""
+        answers = await self.readiness.wait(wait_s)
+        return {n.removeprefix("model "): a for n, a in answers.items() if n.startswith("model ")}
 
     async def list_models(self) -> dict[str, Any]:
         infos = await self.model_infos()
@@ -166,14 +137,14 @@ class OpenAIServing:
         want_logprobs = greq.params.logprobs is not None
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            stream = await self._open_stream(handle, greq, obs)
-            return self._chat_sse(stream, cid, created, req.model, include_usage, want_logprobs, obs)
+            stream = await open_stream(handle, greq, obs, self._retry_s)
+            return chat_sse(stream, cid, created, req.model, include_usage, want_logprobs, obs)
         with obs.stage("generate"):
-            items = await handle.generate.remote(greq)
+            items = await retry_once(lambda: handle.generate.remote(greq), req.model, obs, self._retry_s)
         with obs.stage("serialize"):
             choices, prompt_tokens, rag = _collect(items, obs)
             return {
-                **_rag_fields(rag),
+                **rag_fields(rag),
                 "id": cid,
                 "object": "chat.completion",
                 "created": created,
@@ -182,12 +153,12 @@ class OpenAIServing:
                     {
                         "index": i,
                         "message": {"role": "assistant", "content": "".join(c.text)},
-                        "logprobs": _chat_logprobs(c.logprobs) if want_logprobs else None,
+                        "logprobs": chat_logprobs(c.logprobs) if want_logprobs else None,
                         "finish_reason": c.finish_reason,
                     }
                     for i, c in sorted(choices.items())
                 ],
-                "usage": _usage(prompt_tokens, sum(c.tokens for c in choices.values())),
+                "usage": usage_json(prompt_tokens, sum(c.tokens for c in choices.values())),
             }
 
     async def completions(
@@ -223,10 +194,12 @@ class OpenAIServing:
                 raise UnsupportedParameterError(
                     "streaming supports one prompt per request", param="prompt", value=len(greqs)
                 )
-            stream = await self._open_stream(handle, greqs[0], obs)
-            return self._completion_sse(stream, cid, created, req.model, include_usage, want_logprobs, obs)
+            stream = await open_stream(handle, greqs[0], obs, self._retry_s)
+            return completion_sse(stream, cid, created, req.model, include_usage, want_logprobs, obs)
         with obs.stage("generate"):
-            results = await asyncio.gather(*(handle.generate.remote(g) for g in greqs))
+            results = await asyncio.gather(
+                *(retry_once(_call(handle.generate, g), req.model, obs, self._retry_s) for g in greqs)
+            )
         with obs.stage("serialize"):
             out, prompt_total, completion_total = [], 0, 0
             rag: list[RagMeta] = []
@@ -241,119 +214,19 @@ class OpenAIServing:
                         {
                             "index": p_idx * params.n + i,
                             "text": "".join(c.text),
-                            "logprobs": _completion_logprobs(c.logprobs) if want_logprobs else None,
+                            "logprobs": completion_logprobs(c.logprobs) if want_logprobs else None,
                             "finish_reason": c.finish_reason,
                         }
                     )
             return {
-                **(_rag_fields(rag[0]) if len(rag) == 1 else {}),
+                **(rag_fields(rag[0]) if len(rag) == 1 else {}),
                 "id": cid,
                 "object": "text_completion",
                 "created": created,
                 "model": req.model,
                 "choices": out,
-                "usage": _usage(prompt_total, completion_total),
+                "usage": usage_json(prompt_total, completion_total),
             }
-
-    async def _open_stream(
-        self, handle: Any, greq: GenerationRequest, obs: RequestObservation
-    ) -> AsyncIterator[StreamItem]:
-        """Start a streaming call and wait for its first chunk, so that validation
-        errors (context length, unsupported parameter) still become a proper HTTP
-        error instead of a broken 200 stream. The wait counts as ``generate``; what a
-        RAG model reports before its first chunk (its embed and retrieve time) moves
-        to those stages."""
-        gen = handle.generate_stream.options(stream=True).remote(greq)
-        early: list[StreamItem] = []
-        first: StreamItem | None = None
-        t0 = time.perf_counter()
-        try:
-            async for item in gen:
-                if isinstance(item, GenerationChunk):
-                    first = item
-                    break
-                early.append(item)
-        except BaseException:
-            gen.cancel()
-            raise
-        finally:
-            obs.timer.record("generate", time.perf_counter() - t0)
-        if first is not None:
-            obs.first_token()
-        rest: list[StreamItem] = []
-        for item in early:
-            if isinstance(item, (GenerationStats, StageTimings)):
-                obs.absorb(item)
-            else:
-                rest.append(item)
-
-        async def items() -> AsyncIterator[StreamItem]:
-            finished = False
-            try:
-                for item in rest:
-                    yield item
-                if first is not None:
-                    yield first
-                    async for item in gen:
-                        yield item
-                finished = True
-            finally:
-                if not finished:
-                    # the client went away (or the stream broke): stop the engine's work
-                    gen.cancel()
-
-        return items()
-
-    async def _chat_sse(
-        self,
-        chunks: AsyncIterator[StreamItem],
-        cid: str,
-        created: int,
-        model: str,
-        include_usage: bool,
-        want_logprobs: bool,
-        obs: RequestObservation,
-    ) -> AsyncIterator[str]:
-        started: set[int] = set()
-
-        def choice(ch: GenerationChunk) -> dict[str, Any]:
-            delta: dict[str, Any] = {"content": ch.text}
-            if ch.index not in started:
-                started.add(ch.index)
-                delta = {"role": "assistant", "content": ch.text}
-            elif not ch.text and ch.finish_reason:
-                delta = {}  # a bare end-of-choice chunk
-            return {
-                "index": ch.index,
-                "delta": delta,
-                "logprobs": _chat_logprobs(ch.logprobs or ()) if want_logprobs else None,
-                "finish_reason": ch.finish_reason,
-            }
-
-        base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model}
-        async for event in _sse_stream(chunks, base, include_usage, choice, obs):
-            yield event
-
-    async def _completion_sse(
-        self,
-        chunks: AsyncIterator[StreamItem],
-        cid: str,
-        created: int,
-        model: str,
-        include_usage: bool,
-        want_logprobs: bool,
-        obs: RequestObservation,
-    ) -> AsyncIterator[str]:
-        offsets: dict[int, int] = {}
-
-        def choice(ch: GenerationChunk) -> dict[str, Any]:
-            lp = _completion_logprobs(ch.logprobs or (), offsets.get(ch.index, 0)) if want_logprobs else None
-            offsets[ch.index] = offsets.get(ch.index, 0) + len(ch.text)
-            return {"index": ch.index, "text": ch.text, "logprobs": lp, "finish_reason": ch.finish_reason}
-
-        base = {"id": cid, "object": "text_completion", "created": created, "model": model}
-        async for event in _sse_stream(chunks, base, include_usage, choice, obs):
-            yield event
 
     # -- embeddings -------------------------------------------------------------------
     async def embeddings(
@@ -378,8 +251,9 @@ class OpenAIServing:
                     value=req.dimensions,
                 )
         obs = _observed(obs, "", req.model, False)
+        texts = req.texts()
         with obs.stage("embed"):
-            result = await handle.embed.remote(req.texts())
+            result = await retry_once(lambda: handle.embed.remote(texts), req.model, obs, self._retry_s)
         obs.prompt_tokens += result.prompt_tokens
         with obs.stage("serialize"):
             if req.encoding_format == "base64":
@@ -394,18 +268,9 @@ class OpenAIServing:
             }
 
 
-def _rag_fields(meta: RagMeta | None) -> dict[str, Any]:
-    """What a RAG model adds to a response: citations and the context budget's drops."""
-    if meta is None:
-        return {}
-    return {
-        "citations": [c.as_dict() for c in meta.citations],
-        "context": {
-            "chunks_retrieved": meta.chunks_retrieved,
-            "chunks_used": len(meta.citations),
-            "chunks_dropped": meta.chunks_dropped,
-        },
-    }
+def _call(method: Any, request: GenerationRequest) -> Any:
+    """A fresh deployment call per invocation (what :func:`retry_once` takes)."""
+    return lambda: method.remote(request)
 
 
 def _observed(
@@ -448,77 +313,3 @@ def _collect(
     if obs.capture_text:
         obs.completion_text = "\n".join("".join(c.text) for _, c in sorted(choices.items()))
     return choices, prompt_tokens, rag
-
-
-async def _sse_stream(
-    items: AsyncIterator[StreamItem],
-    base: dict[str, Any],
-    include_usage: bool,
-    choice: Callable[[GenerationChunk], dict[str, Any]],
-    obs: RequestObservation,
-) -> AsyncIterator[str]:
-    """The SSE events of a stream: one per chunk, then usage (if asked), then a RAG
-    model's citations, then a ``: server-timing`` comment with the whole stream's stage
-    timings (SSE parsers skip comments), then ``[DONE]``. After the 200 went out,
-    errors travel as an error event.
-
-    Time spent waiting for the next item counts as ``generate``; everything else here
-    (building events, and the ``yield`` that hands them to the socket) as ``serialize``.
-    """
-    extra = {"usage": None} if include_usage else {}
-    prompt_tokens, completion_tokens = 0, 0
-    rag: RagMeta | None = None
-    text: list[str] = []
-    timer, clock = obs.timer, time.perf_counter
-    try:
-        it = items.__aiter__()
-        while True:
-            t0 = clock()
-            try:
-                ch = await it.__anext__()
-            except StopAsyncIteration:
-                timer.record("generate", clock() - t0)
-                break
-            t1 = clock()
-            timer.record("generate", t1 - t0)
-            if isinstance(ch, RagMeta):
-                rag = ch
-                continue
-            if isinstance(ch, (GenerationStats, StageTimings)):
-                obs.absorb(ch)
-                continue
-            completion_tokens += ch.num_tokens
-            if ch.prompt_tokens is not None:
-                prompt_tokens = ch.prompt_tokens
-            if obs.capture_text:
-                text.append(ch.text)
-            yield _sse({**base, "choices": [choice(ch)], **extra})
-            timer.record("serialize", clock() - t1)
-        t1 = clock()
-        if include_usage:
-            yield _sse({**base, "choices": [], "usage": _usage(prompt_tokens, completion_tokens)})
-        if rag is not None:
-            yield _sse({**base, "choices": [], **extra, **_rag_fields(rag)})
-        timer.record("serialize", clock() - t1)
-    except Exception as exc:
-        yield _stream_error(exc, base["id"], obs)
-    finally:
-        obs.prompt_tokens += prompt_tokens
-        obs.completion_tokens += completion_tokens
-        if obs.capture_text:
-            obs.completion_text = "".join(text)
-    yield f": server-timing {timer.server_timing()}\n\n"
-    yield DONE
-
-
-def _stream_error(exc: BaseException, cid: str, obs: RequestObservation) -> str:
-    """The error event of a stream that broke after its 200; the request is counted
-    (metrics, log) with the status the error would have had."""
-    cause = unwrap(exc)
-    obs.error = type(cause).__name__
-    if isinstance(cause, LLMOpsError):
-        obs.status = status_for(cause)
-        return _sse(envelope(cause.message, cause.error_type, cause.param, cause.code))
-    obs.status = 500
-    logger.error("stream %s failed", cid, exc_info=cause)
-    return _sse(envelope(f"internal error, request id {cid}", "server_error", None, "internal_error"))

@@ -101,6 +101,13 @@ class FixedModelConfig(_ModelBase):
         max_length=100_000,
         description="The answer to every request.",
     )
+    latency_s: float = Field(
+        0.0,
+        ge=0,
+        le=60,
+        description="Simulated engine time before the answer (a sleep, no CPU): for load and "
+        "failure tests that need requests in flight without a model.",
+    )
 
 
 GenerationModelConfig = Annotated[

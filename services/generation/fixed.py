@@ -7,6 +7,7 @@ Tokens are whitespace-separated words.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, Sequence
 
 from services.generation.config import FixedModelConfig
@@ -37,6 +38,8 @@ class FixedEngine:
         return len(text.split())
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationChunk, None]:
+        if self.config.latency_s:
+            await asyncio.sleep(self.config.latency_s)
         budget = request.params.max_tokens or len(self._words)
         words = self._words[:budget]
         finish: FinishReason = "length" if len(words) < len(self._words) else "stop"

@@ -22,6 +22,7 @@ from tests.fixtures.tiny_hf_model import build_tiny_model
 KEYS = {"acme": "sk-test-acme-key", "globex": "sk-test-globex-key"}
 ADMIN_KEY = "sk-test-ops-admin-key"  # tenant "ops", may read every tenant's usage
 TINY = "tiny-llama"
+FIXED_2 = "fixed-2"
 
 
 def deployment_call(deployment: str, method: str) -> Any:
@@ -98,6 +99,13 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
                     "default_max_tokens": 16,
                     "deployment": {"num_cpus": 0.25},
                     "pricing": {"mode": "gpu_hour", "usd_per_gpu_hour": 3.6},
+                },
+                {
+                    # two replicas, each request 50 ms in flight: test_replica_death kills one under load
+                    "name": FIXED_2,
+                    "engine": "fixed",
+                    "latency_s": 0.05,
+                    "deployment": {"num_replicas": 2, "num_cpus": 0.1, "max_ongoing_requests": 32},
                 },
             ],
             "retrieval": {

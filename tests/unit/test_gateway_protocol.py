@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from services.errors import InvalidRequestError, UnsupportedParameterError, status_for
@@ -148,3 +150,26 @@ def test_authenticator_maps_keys_to_tenants() -> None:
         assert status_for(exc.value) == 401
         assert "sk-1" not in str(exc.value) and "sk-2" not in str(exc.value)  # keys never echoed
     assert Authenticator(AuthConfig(enabled=False)).tenant_for(None) == "local"
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"temperature": False}, "temperature"),
+        ({"max_tokens": "8"}, "max_tokens"),
+        ({"stream": "false"}, "stream"),
+        ({"n": 1.5}, "n"),
+    ],
+)
+def test_json_types_are_taken_as_sent_not_coerced(body: dict[str, Any], param: str) -> None:
+    with pytest.raises(InvalidRequestError) as exc:
+        parse_request(
+            ChatCompletionRequest, {"model": "m", "messages": [{"role": "user", "content": "x"}], **body}
+        )
+    assert exc.value.param == param
+    # an integer is a valid number
+    req = parse_request(
+        ChatCompletionRequest,
+        {"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": 1},
+    )
+    assert req.temperature == 1.0
