@@ -217,6 +217,7 @@ def start_platform(
     ports: InternalPorts | None = None,
     token_file: Path | None = None,
     handle_sigterm: bool = False,
+    on_ray_started: Callable[[], None] | None = None,
 ) -> str:
     """Start Ray locally (or join ``cfg.ray.address``), deploy the app, wait until ready.
 
@@ -231,6 +232,8 @@ def start_platform(
     """
     Path(cfg.data_dir).mkdir(parents=True, exist_ok=True)
     _start_ray(cfg, ports or InternalPorts.resolve(cfg), token_file, handle_sigterm)
+    if on_ray_started is not None:
+        on_ray_started()
     from ray import serve
 
     from services.app import build_app
@@ -246,6 +249,14 @@ def start_platform(
     url = gateway_url(cfg)
     wait_ready(url, ready_timeout_s, _deploy_failure)
     return url
+
+
+def ray_session_dir() -> str | None:
+    """This process' Ray session directory (``/tmp/ray/session_*``), once Ray is up."""
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)
+    return str(node.get_session_dir_path()) if node is not None else None
 
 
 def stop_platform(serve_timeout_s: float = SERVE_SHUTDOWN_TIMEOUT_S) -> None:

@@ -48,6 +48,7 @@ class RunRecord:
     status: str = "starting"  # starting | ready | stopping
     started_at: float = field(default_factory=time.time)
     ray_token_file: str | None = None
+    ray_session_dir: str | None = None  # Ray's /tmp/ray/session_* of this run, once Ray is up
 
     @classmethod
     def new(cls, data_dir: str | Path, url: str, ports: dict[str, int]) -> RunRecord:
@@ -130,12 +131,27 @@ class Leftover:
         return f"{self.name} (pid {self.pid})"
 
 
-def leftover_processes(run_id: str) -> list[Leftover]:
-    """Live processes whose environment carries ``LLMOPS_RUN_ID=run_id`` (not this one)."""
+def _holds_file_under(pid: int, folder: str) -> bool:
+    fd_dir = Path(f"/proc/{pid}/fd")
+    try:
+        for fd in fd_dir.iterdir():
+            with contextlib.suppress(OSError):
+                if os.readlink(fd).startswith(folder):
+                    return True
+    except OSError:
+        pass
+    return False
+
+
+def leftover_processes(run_id: str, ray_session_dir: str | None = None) -> list[Leftover]:
+    """Live processes of run ``run_id`` other than this one: those whose environment carries
+    ``LLMOPS_RUN_ID=run_id``, those with a file open in the run's Ray session directory
+    (Ray's agents: their environment is not always readable), and their descendants."""
     import psutil
 
     marker = f"{RUN_ID_ENV}={run_id}".encode()
-    found = []
+    session = ray_session_dir.rstrip("/") + "/" if ray_session_dir else None
+    found: dict[int, Leftover] = {}
     for proc in psutil.process_iter(["pid", "name"]):
         if proc.pid == os.getpid():
             continue
@@ -143,9 +159,15 @@ def leftover_processes(run_id: str) -> list[Leftover]:
             env = Path(f"/proc/{proc.pid}/environ").read_bytes()
         except OSError:  # another user's, or gone
             continue
-        if marker in env.split(b"\0"):
-            found.append(Leftover(proc.pid, proc.info["name"] or "?"))
-    return found
+        if marker not in env.split(b"\0") and not (session and _holds_file_under(proc.pid, session)):
+            continue
+        found[proc.pid] = Leftover(proc.pid, proc.info["name"] or "?")
+        with contextlib.suppress(psutil.Error):
+            for child in proc.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    found.setdefault(child.pid, Leftover(child.pid, child.name()))
+    found.pop(os.getpid(), None)
+    return sorted(found.values(), key=lambda p: p.pid)
 
 
 def stop_processes(procs: list[Leftover], grace_s: float = 5.0) -> list[Leftover]:
@@ -162,8 +184,8 @@ def stop_processes(procs: list[Leftover], grace_s: float = 5.0) -> list[Leftover
     for proc in alive:
         with contextlib.suppress(psutil.Error):
             proc.kill()
-    psutil.wait_procs(alive, timeout=grace_s)
-    return [p for p in procs if p.pid in {a.pid for a in alive}]
+    _, still = psutil.wait_procs(alive, timeout=grace_s)
+    return [p for p in procs if p.pid in {a.pid for a in still}]
 
 
 def kill_leftovers(run_id: str) -> int:

@@ -5,8 +5,9 @@ killed (SIGKILL, the OOM killer) left Ray's processes and HAProxy running: the
 next ``llmops up`` on that data_dir finds them by the run id in their
 environment and stops them before it starts. Ports already taken by someone
 else are named with their holder before anything starts. Stopping drains Serve
-for at most 15 s, stops Ray, then stops whatever of the run still lives, so a
-stop takes well under 30 s even right after heavy load.
+for at most 15 s, stops Ray, then stops whatever of the run still lives; a
+detached reaper (:mod:`llmops.reaper`) makes sure of it even if Ray blocks the
+stop, so a stop ends within 25 s even right after heavy load.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import argparse
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,7 @@ from llmops.platform import (
     gateway_url,
     metrics_url,
     raise_interrupt,
+    ray_session_dir,
     start_platform,
     stop_platform,
 )
@@ -41,28 +45,39 @@ from llmops.run_record import (
     stop_processes,
 )
 
+CLEANUP_S = 10.0  # how long the leftovers of a killed run (and their ports) may take to go
 
-def _clean_previous(cfg: LLMOpsConfig, console: Console) -> str | None:
-    """Stop what a dead run on this data_dir left behind; an error message if something survives."""
+
+def _clean_previous(cfg: LLMOpsConfig, console: Console) -> tuple[bool, str | None]:
+    """Stop what a dead run on this data_dir left behind: (whether there was any, an error
+    message if something survived)."""
     previous = read_record(cfg.data_dir)
     if previous is None:
-        return None
-    left = leftover_processes(previous.run_id)
-    if left:
-        console.event(
-            "cleanup",
-            f"the previous run on this data_dir (pid {previous.pid}) ended without stopping; "
-            f"stopping what it left behind: {', '.join(map(str, left))}",
-            "warning",
-            previous_pid=previous.pid,
-            processes=[p.pid for p in left],
-        )
-        survivors = stop_processes(left)
-        if survivors:
-            return f"could not stop {', '.join(map(str, survivors))}, left by the previous run; stop them by hand"
+        return False, None
+    left = leftover_processes(previous.run_id, previous.ray_session_dir)
+    if not left:
+        return False, None
+    console.event(
+        "cleanup",
+        f"the previous run on this data_dir (pid {previous.pid}) ended without stopping; "
+        f"stopping what it left behind: {', '.join(map(str, left))}",
+        "warning",
+        previous_pid=previous.pid,
+        processes=[p.pid for p in left],
+    )
+    # Ray's processes also wind down by themselves once their driver is gone: sweep until none is left
+    end = time.monotonic() + CLEANUP_S
+    while left and time.monotonic() < end:
+        stop_processes(left, grace_s=3.0)
+        left = leftover_processes(previous.run_id, previous.ray_session_dir)
     if previous.ray_token_file:
         Path(previous.ray_token_file).unlink(missing_ok=True)
-    return None
+    if left:
+        return (
+            True,
+            f"could not stop {', '.join(map(str, left))}, left by the previous run; stop them by hand",
+        )
+    return True, None
 
 
 def _wanted_ports(
@@ -102,9 +117,14 @@ def cmd_up(cfg: LLMOpsConfig, args: argparse.Namespace) -> int:
     record: RunRecord | None = None
     prometheus, rc = None, 0
     try:
-        problem = _clean_previous(cfg, console)
+        cleaned, problem = _clean_previous(cfg, console)
         ports = InternalPorts.resolve(cfg)
-        busy = busy_ports(_wanted_ports(cfg, ports, args.with_prometheus))
+        wanted = _wanted_ports(cfg, ports, args.with_prometheus)
+        busy = busy_ports(wanted)
+        end = time.monotonic() + (CLEANUP_S if cleaned else 0.0)
+        while busy and time.monotonic() < end:  # a process that just exited may still hold its port
+            time.sleep(0.5)
+            busy = busy_ports(wanted)
         if problem or busy:
             console.error("; ".join([*([problem] if problem else []), *busy]), event="ports_in_use")
             return 1
@@ -134,7 +154,19 @@ def cmd_up(cfg: LLMOpsConfig, args: argparse.Namespace) -> int:
             data_dir=record.data_dir,
         )
         started = time.monotonic()
-        start_platform(cfg, args.ready_timeout, ports=ports, token_file=token_file, handle_sigterm=True)
+
+        def ray_started() -> None:  # so that a run killed from here on is found by its session too
+            record.ray_session_dir = ray_session_dir()
+            record.write()
+
+        start_platform(
+            cfg,
+            args.ready_timeout,
+            ports=ports,
+            token_file=token_file,
+            handle_sigterm=True,
+            on_ray_started=ray_started,
+        )
         extra = []
         if args.with_prometheus:
             prometheus, line = _start_prometheus(cfg)
@@ -175,14 +207,37 @@ def cmd_up(cfg: LLMOpsConfig, args: argparse.Namespace) -> int:
     return rc
 
 
+#: a stop ends within this, whatever Ray does (llmops.reaper enforces it)
+STOP_DEADLINE_S = 25.0
+
+
+def _start_reaper(record: RunRecord) -> None:
+    env = {k: v for k, v in os.environ.items() if k != RUN_ID_ENV}  # not a process of the run itself
+    subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llmops.reaper",
+            record.run_id,
+            str(record.pid),
+            str(STOP_DEADLINE_S),
+            record.ray_session_dir or "",
+        ],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,  # a second Ctrl-C to our process group must not stop it
+    )
+
+
 def _stop(record: RunRecord, prometheus: Any, console: Console) -> None:
     t0 = time.monotonic()
     record.status = "stopping"
     record.write()
+    _start_reaper(record)
     if prometheus is not None:
         prometheus.stop()
     stop_platform()
-    left = leftover_processes(record.run_id)
+    left = leftover_processes(record.run_id, record.ray_session_dir)
     if left:  # Ray did not take them down with it (HAProxy, a stuck worker)
         console.event("cleanup", f"stopping what Ray left running: {', '.join(map(str, left))}", "warning")
         stop_processes(left, grace_s=3.0)

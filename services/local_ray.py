@@ -110,11 +110,13 @@ def _set_auth_mode(auth: RayAuth, token_file: Path | None) -> None:
     else:
         os.environ["RAY_AUTH_MODE"] = "disabled"
     if "ray._raylet" in sys.modules:
-        # Ray caches its config (the auth mode among it) when it is imported; refresh it,
-        # as Ray's own token set-up does
-        from ray._raylet import Config  # type: ignore[attr-defined]
+        # Ray caches its config (the auth mode among it) when it is imported, and the token
+        # once read: refresh both, as Ray's own token set-up does (a second cluster in this
+        # process, e.g. a test session, gets a new token)
+        from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
 
         Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
 
 
 def start_local_ray(

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -71,17 +72,27 @@ def test_clients_find_the_running_platforms_url(tmp_path: Path) -> None:
 
 def test_leftovers_are_found_by_run_id_and_stopped() -> None:
     run_id = "test-" + os.urandom(4).hex()
+    # a child that starts a grandchild with an environment of its own, as Ray's raylet does
+    script = (
+        "import subprocess, sys, time; "
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], env={}); time.sleep(120)"
+    )
     child = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(120)"],
+        [sys.executable, "-c", script],
         env={**os.environ, RUN_ID_ENV: run_id},
         start_new_session=True,  # another session and group: found all the same
     )
+    deadline = time.monotonic() + 30
+    while not psutil.Process(child.pid).children() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    grandchild = psutil.Process(child.pid).children()[0]
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
         found = leftover_processes(run_id)
-        assert [p.pid for p in found] == [child.pid]
+        assert [p.pid for p in found] == sorted([child.pid, grandchild.pid])
         assert stop_processes(found, grace_s=10) == []
         assert child.wait(timeout=10) is not None
+        assert not grandchild.is_running()
         assert other.poll() is None  # only the run's own processes
     finally:
         for p in (child, other):
@@ -139,3 +150,40 @@ def test_text_errors_go_to_stderr() -> None:
     out, err = io.StringIO(), io.StringIO()
     Console("text", out=out, err=err).error("boom")
     assert (out.getvalue(), err.getvalue()) == ("", "error: boom\n")
+
+
+def test_the_reaper_kills_a_stuck_stop_and_what_the_run_left() -> None:
+    from llmops.reaper import reap
+
+    run_id = "test-" + os.urandom(4).hex()
+    sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
+    stuck = subprocess.Popen(sleeper)  # an `llmops up` whose stop hangs
+    left = subprocess.Popen(sleeper, env={**os.environ, RUN_ID_ENV: run_id})  # e.g. HAProxy
+    try:
+        assert reap(run_id, stuck.pid, deadline_s=0.5) == 2
+        assert stuck.wait(timeout=10) == -9
+        assert left.wait(timeout=10) is not None
+    finally:
+        for p in (stuck, left):
+            p.kill()
+            p.wait()
+
+
+def test_a_process_with_a_file_in_the_ray_session_is_a_leftover_without_the_marker(tmp_path: Path) -> None:
+    session = tmp_path / "session_2026-12-01_00-00-00_000000_1"
+    (session / "logs").mkdir(parents=True)
+    log = session / "logs" / "dashboard_agent.log"
+    agent = subprocess.Popen(  # like Ray's agents: its own environment, a log file in the session
+        [sys.executable, "-c", f"f = open({str(log)!r}, 'a'); import time; time.sleep(120)"],
+        env={"PATH": os.environ["PATH"]},
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not log.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.2)
+        assert leftover_processes("no-such-run") == []
+        assert [p.pid for p in leftover_processes("no-such-run", str(session))] == [agent.pid]
+    finally:
+        agent.kill()
+        agent.wait()
