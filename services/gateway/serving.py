@@ -25,12 +25,13 @@ from services.gateway.readiness import Readiness
 from services.gateway.retry import retry_once
 from services.gateway.sse import (
     StreamItem,
+    chat_choices,
     chat_logprobs,
-    chat_sse,
+    completion_choices,
     completion_logprobs,
-    completion_sse,
     open_stream,
     rag_fields,
+    sse_stream,
     usage_json,
 )
 from services.generation.protocol import (
@@ -138,7 +139,8 @@ class OpenAIServing:
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             stream = await open_stream(handle, greq, obs, self._retry_s)
-            return chat_sse(stream, cid, created, req.model, include_usage, want_logprobs, obs)
+            base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": req.model}
+            return sse_stream(stream, base, include_usage, chat_choices(want_logprobs), obs)
         with obs.stage("generate"):
             items = await retry_once(lambda: handle.generate.remote(greq), req.model, obs, self._retry_s)
         with obs.stage("serialize"):
@@ -195,7 +197,8 @@ class OpenAIServing:
                     "streaming supports one prompt per request", param="prompt", value=len(greqs)
                 )
             stream = await open_stream(handle, greqs[0], obs, self._retry_s)
-            return completion_sse(stream, cid, created, req.model, include_usage, want_logprobs, obs)
+            base = {"id": cid, "object": "text_completion", "created": created, "model": req.model}
+            return sse_stream(stream, base, include_usage, completion_choices(want_logprobs), obs)
         with obs.stage("generate"):
             results = await asyncio.gather(
                 *(retry_once(_call(handle.generate, g), req.model, obs, self._retry_s) for g in greqs)

@@ -158,15 +158,12 @@ async def open_stream(
     return items()
 
 
-async def chat_sse(
-    chunks: AsyncIterator[StreamItem],
-    cid: str,
-    created: int,
-    model: str,
-    include_usage: bool,
-    want_logprobs: bool,
-    obs: RequestObservation,
-) -> AsyncIterator[str]:
+#: turns one generated chunk into the ``choices[0]`` of its SSE event
+ChoiceBuilder = Callable[[GenerationChunk], dict[str, Any]]
+
+
+def chat_choices(want_logprobs: bool) -> ChoiceBuilder:
+    """``chat.completion.chunk`` choices: the first delta of a choice carries its role."""
     started: set[int] = set()
 
     def choice(ch: GenerationChunk) -> dict[str, Any]:
@@ -183,20 +180,11 @@ async def chat_sse(
             "finish_reason": ch.finish_reason,
         }
 
-    base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model}
-    async for event in sse_stream(chunks, base, include_usage, choice, obs):
-        yield event
+    return choice
 
 
-async def completion_sse(
-    chunks: AsyncIterator[StreamItem],
-    cid: str,
-    created: int,
-    model: str,
-    include_usage: bool,
-    want_logprobs: bool,
-    obs: RequestObservation,
-) -> AsyncIterator[str]:
+def completion_choices(want_logprobs: bool) -> ChoiceBuilder:
+    """``text_completion`` choices: logprob text offsets run on across a choice's chunks."""
     offsets: dict[int, int] = {}
 
     def choice(ch: GenerationChunk) -> dict[str, Any]:
@@ -204,16 +192,14 @@ async def completion_sse(
         offsets[ch.index] = offsets.get(ch.index, 0) + len(ch.text)
         return {"index": ch.index, "text": ch.text, "logprobs": lp, "finish_reason": ch.finish_reason}
 
-    base = {"id": cid, "object": "text_completion", "created": created, "model": model}
-    async for event in sse_stream(chunks, base, include_usage, choice, obs):
-        yield event
+    return choice
 
 
 async def sse_stream(
     items: AsyncIterator[StreamItem],
     base: dict[str, Any],
     include_usage: bool,
-    choice: Callable[[GenerationChunk], dict[str, Any]],
+    choice: ChoiceBuilder,
     obs: RequestObservation,
 ) -> AsyncIterator[str]:
     """The SSE events of a stream: one per chunk, then usage (if asked), then a RAG
