@@ -257,7 +257,8 @@ def _short(value: Any) -> str:
 
 class RetrieveRequest(_Wire):
     """A search of one collection, scoped to the caller's tenant; ``filter`` maps ``doc_id``,
-    ``source`` or a metadata field to a value, ``{"any": [...]}`` or ``{"gte"|"gt"|"lte"|"lt": n}``."""
+    ``source`` or a metadata field to a value, ``{"any": [...]}``, ``{"gte"|"gt"|"lte"|"lt": n}``
+    (a number or an ISO 8601 date-time) or ``{"text": "words"}`` (a field with a text index)."""
 
     collection: str = Field(min_length=1, max_length=63)
     query: str = Field(min_length=1, max_length=100_000)
@@ -266,6 +267,8 @@ class RetrieveRequest(_Wire):
     score_threshold: float | None = None
     exact: bool = False
     hybrid: bool | None = None
+    filter_strategy: Literal["pre", "in", "post"] | None = None
+    hnsw_ef: Annotated[int, Field(ge=4, le=4096)] | None = None
 
 
 class DocumentIn(_Wire):

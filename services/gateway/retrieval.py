@@ -63,6 +63,8 @@ class RetrievalServing:
             score_threshold=req.score_threshold,
             exact=req.exact,
             hybrid=req.hybrid,
+            filter_strategy=req.filter_strategy,
+            hnsw_ef=req.hnsw_ef,
             trace=obs.trace_carrier() if obs is not None else None,
             obs=obs,
         )

@@ -27,9 +27,10 @@ from services.embeddings.config import EmbeddingModelConfig
 from services.embeddings.encoder import Encoder
 from services.errors import InvalidRequestError, NotFoundError
 from services.retrieval.chunking import chunk_document
-from services.retrieval.config import CollectionConfig, RetrievalConfig
+from services.retrieval.config import CollectionConfig, FilterStrategy, RetrievalConfig
+from services.retrieval.filters import build_filter
 from services.retrieval.sparse import BM25Encoder
-from services.retrieval.store import VectorStore
+from services.retrieval.store import open_store
 from services.retrieval.types import Chunk, Document, SearchResult
 from services.retrieval.validation import validate_documents
 
@@ -51,12 +52,16 @@ class RetrievalServer:
         self.metrics = metrics
         self._emb_cfgs = [EmbeddingModelConfig.model_validate(e) for e in embeddings]
         self._embed = embed_handles
-        self.store = VectorStore(self.config.vector_store, data_dir)
+        self.store = open_store(self.config.vector_store, data_dir)
         self.sparse = BM25Encoder()
         # tokenizer + dimension of each embedding model, for chunking (the model runs in its deployment)
         self._tokenizers: dict[str, Encoder] = {}
         self._ready: set[str] = set()
         self._lock = asyncio.Lock()
+        # the embedded engine indexes only when asked: writes mark a collection dirty and one
+        # background task per collection optimizes until it is clean (searches never wait for it)
+        self._dirty: set[str] = set()
+        self._optimizers: dict[str, asyncio.Task[None]] = {}
 
     def _embedding_name(self, coll: CollectionConfig) -> str:
         return coll.embedding_model or self._emb_cfgs[0].name
@@ -87,6 +92,25 @@ class RetrievalServer:
                 dim = (await asyncio.to_thread(self._tokenizer, coll)).dimension
                 await asyncio.to_thread(self.store.ensure_collection, coll, dim)
                 self._ready.add(coll.name)
+                self._after_write(coll.name)  # index whatever an interrupted load left plain
+
+    def _after_write(self, name: str) -> None:
+        if self.store.backend != "edge":
+            return  # a server optimizes on its own
+        self._dirty.add(name)
+        task = self._optimizers.get(name)
+        if task is None or task.done():
+            self._optimizers[name] = asyncio.get_running_loop().create_task(self._optimize(name))
+
+    async def _optimize(self, name: str) -> None:
+        while name in self._dirty:
+            self._dirty.discard(name)
+            try:
+                t0 = time.perf_counter()
+                if await asyncio.to_thread(self.store.optimize, name):
+                    logger.info("indexed collection %r in %.2f s", name, time.perf_counter() - t0)
+            except Exception:  # never kills the replica: searches stay exact until the next try
+                logger.exception("optimizing collection %r failed", name)
 
     async def _embed_texts(self, coll: CollectionConfig, texts: list[str]) -> np.ndarray:
         if not texts:
@@ -106,6 +130,8 @@ class RetrievalServer:
         exact: bool = False,
         hybrid: bool | None = None,
         trace: dict[str, str] | None = None,
+        filter_strategy: FilterStrategy | None = None,
+        hnsw_ef: int | None = None,
     ) -> SearchResult:
         """Tenant-scoped search; ``trace`` is the caller's trace-context carrier."""
         coll = self.collection(collection)
@@ -124,6 +150,7 @@ class RetrievalServer:
                 param="hybrid",
                 value=hybrid,
             )
+        build_filter(filter, tenant, coll.text_fields())  # a bad filter is a 400 before any embedding
         await self._ensure(coll)
         span = start_span("retrieve", trace, {"llmops.collection": collection, "llmops.top_k": top_k})
         try:
@@ -146,7 +173,8 @@ class RetrievalServer:
                 score_threshold,
                 exact,
                 use_hybrid,
-                coll.search_ef,
+                hnsw_ef,
+                filter_strategy,
             )
             t2 = time.perf_counter()
             span.set_attribute("llmops.results", len(hits))
@@ -203,6 +231,8 @@ class RetrievalServer:
             )
             written += w
             stale += d
+        if written or stale:
+            self._after_write(collection)
         return {
             "object": "collection.documents",
             "collection": collection,
@@ -216,6 +246,8 @@ class RetrievalServer:
         coll = self.collection(collection)
         await self._ensure(coll)
         deleted = await asyncio.to_thread(self.store.delete_doc, collection, tenant, doc_id)
+        if deleted:
+            self._after_write(collection)
         if not deleted:
             raise NotFoundError(
                 f"No document '{doc_id}' in collection '{collection}'.", param="doc_id", value=doc_id

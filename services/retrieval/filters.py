@@ -1,50 +1,84 @@
-"""The API's retrieval filter, as a Qdrant filter that always pins the caller's tenant."""
+"""The API's retrieval filter, validated into a backend-neutral :class:`FilterSpec`.
+
+Every backend turns the same spec into its own engine's filter (Qdrant Edge's
+``qdrant_edge.Filter`` or qdrant-client's ``models.Filter``); the ``post``
+filtering strategy evaluates the user's conditions in Python with
+:func:`matches`, with the same semantics. The tenant is never a user condition:
+it is always inside the engine's filter and can never be widened.
+"""
 
 from __future__ import annotations
 
 import math
 import re
-from typing import Any
-
-from qdrant_client import models
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 from services.errors import InvalidRequestError
 
 _FIELD = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$")
 _TOP_LEVEL_FIELDS = ("doc_id", "source")
 _RANGE_OPS = ("gte", "gt", "lte", "lt")
+_TEXT_TOKEN = re.compile(r"\w+")
 _ALLOWED = (
     'a condition is a string, integer, number or boolean (exact match), {"any": [values]} '
-    '(any of; all strings or all integers), or {"gte"|"gt"|"lte"|"lt": number} (range)'
+    '(any of; all strings or all integers), {"gte"|"gt"|"lte"|"lt": number or ISO 8601 date-time} '
+    '(range), or {"text": "words"} (full-text match on a field with a text index)'
 )
 
+ConditionKind = Literal["match", "any", "range", "datetime_range", "text"]
 
-def build_filter(filter: dict[str, Any] | None, tenant: str) -> models.Filter:
-    """The Qdrant filter of a search: ``tenant == tenant`` AND each condition of ``filter``.
+
+@dataclass(frozen=True)
+class Condition:
+    """One validated condition on a payload key (``doc_id``, ``source`` or ``metadata.<field>``)."""
+
+    key: str
+    kind: ConditionKind
+    value: Any  # match: scalar; any: list; range: {op: float}; datetime_range: {op: iso str}; text: str
+
+
+@dataclass(frozen=True)
+class FilterSpec:
+    """The caller's tenant plus the request's conditions (all must hold)."""
+
+    tenant: str
+    conditions: tuple[Condition, ...] = field(default=())
+
+    def tenant_only(self) -> FilterSpec:
+        return FilterSpec(self.tenant)
+
+
+def build_filter(
+    filter: dict[str, Any] | None, tenant: str, text_fields: Collection[str] | None = None
+) -> FilterSpec:
+    """The filter of a search: ``tenant == tenant`` AND each condition of ``filter``.
 
     ``filter`` maps a field to a condition. The field is ``doc_id``, ``source`` or a
     metadata field name (stored under ``metadata.<field>``; letters, digits, ``_``, ``-``).
-    The condition is a scalar (exact match), ``{"any": [...]}`` or a range
-    ``{"gte"/"gt"/"lte"/"lt": number}``.
+    The condition is a scalar (exact match), ``{"any": [...]}``, a range
+    ``{"gte"/"gt"/"lte"/"lt": number | ISO 8601 date-time}`` or ``{"text": "words"}``.
+    ``text_fields`` are the metadata fields with a ``text`` payload index: a text
+    condition on any other field is refused (without the index its meaning would
+    differ between engines). ``None`` skips that check (stores, tests).
 
     Raises:
         InvalidRequestError: with ``param="filter"`` or ``param="filter.<field>"``.
     """
-    must: list[models.Condition] = [match_field("tenant", tenant)]
     if filter is None:
-        return models.Filter(must=must)
+        return FilterSpec(tenant)
     if not isinstance(filter, dict):
         raise InvalidRequestError(
             f"filter must be a JSON object mapping a field to a condition; got {type(filter).__name__}",
             param="filter",
             value=filter,
         )
-    for field, cond in filter.items():
-        must.append(_condition(field, cond))
-    return models.Filter(must=must)
+    return FilterSpec(tenant, tuple(_condition(f, c, text_fields) for f, c in filter.items()))
 
 
-def _condition(field: Any, cond: Any) -> models.FieldCondition:
+def _condition(field: Any, cond: Any, text_fields: Collection[str] | None) -> Condition:
     param = f"filter.{field}"
     if not isinstance(field, str) or not _FIELD.match(field):
         raise InvalidRequestError(
@@ -59,11 +93,11 @@ def _condition(field: Any, cond: Any) -> models.FieldCondition:
         return InvalidRequestError(f"{param}: {why}; {_ALLOWED}", param=param, value=cond)
 
     if isinstance(cond, bool | int | str):
-        return models.FieldCondition(key=key, match=models.MatchValue(value=cond))
+        return Condition(key, "match", cond)
     if isinstance(cond, float):
         if not math.isfinite(cond):
             raise bad(f"got {cond!r}")
-        return models.FieldCondition(key=key, range=models.Range(gte=cond, lte=cond))
+        return Condition(key, "range", {"gte": cond, "lte": cond})
     if not isinstance(cond, dict):
         hint = ' (for any of several values use {"any": [...]})' if isinstance(cond, list) else ""
         raise bad(f"got {type(cond).__name__}{hint}")
@@ -79,14 +113,87 @@ def _condition(field: Any, cond: Any) -> models.FieldCondition:
         )
         if not ok:
             raise bad(f'"any" must be a non-empty list of strings or of integers; got {values!r}')
-        return models.FieldCondition(key=key, match=models.MatchAny(any=values))
+        return Condition(key, "any", list(values))
+    if set(cond) == {"text"}:
+        text = cond["text"]
+        if not isinstance(text, str) or not _TEXT_TOKEN.search(text):
+            raise bad(f'"text" must be a string with at least one word; got {text!r}')
+        if text_fields is not None and field not in text_fields:
+            raise InvalidRequestError(
+                f"{param}: full-text match needs a text index on {field!r}; add it to the collection's "
+                f"payload_indexes as {field}: text",
+                param=param,
+                value=cond,
+            )
+        return Condition(key, "text", text)
     if cond and set(cond) <= set(_RANGE_OPS):
+        if all(isinstance(v, str) for v in cond.values()):
+            for op, v in cond.items():
+                if parse_datetime(v) is None:
+                    raise bad(f"range bound {op!r} must be an ISO 8601 date-time (e.g. 2024-05-01T00:00:00Z)")
+            return Condition(key, "datetime_range", dict(cond))
         for op, v in cond.items():
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
                 raise bad(f"range bound {op!r} must be a finite number; got {v!r}")
-        return models.FieldCondition(key=key, range=models.Range(**{op: float(v) for op, v in cond.items()}))
+        return Condition(key, "range", {op: float(v) for op, v in cond.items()})
     raise bad(f"unknown operator(s) {sorted(map(str, cond))}")
 
 
-def match_field(key: str, value: str) -> models.FieldCondition:
-    return models.FieldCondition(key=key, match=models.MatchValue(value=value))
+def parse_datetime(value: Any) -> datetime | None:
+    """An ISO 8601 date or date-time as an aware UTC datetime (naive means UTC); else None."""
+    if not isinstance(value, str) or len(value) < 10 or value[4:5] != "-":
+        return None
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+
+
+# -- evaluation in Python (the post-filter strategy) -------------------------------------------------
+def _lookup(payload: dict[str, Any], key: str) -> Any:
+    value: Any = payload
+    for part in key.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def _values(raw: Any) -> list[Any]:
+    # Qdrant matches a condition against each element of an array field
+    return list(raw) if isinstance(raw, list) else ([] if raw is None else [raw])
+
+
+def _in_range(x: float, bounds: dict[str, Any]) -> bool:
+    return all(
+        (op == "gte" and x >= b)
+        or (op == "gt" and x > b)
+        or (op == "lte" and x <= b)
+        or (op == "lt" and x < b)
+        for op, b in bounds.items()
+    )
+
+
+def _holds(c: Condition, payload: dict[str, Any]) -> bool:
+    values = _values(_lookup(payload, c.key))
+    if c.kind == "match":
+        # booleans only equal booleans, integers only integers (True is not 1 in a payload index)
+        return any(type(v) is type(c.value) and v == c.value for v in values)
+    if c.kind == "any":
+        return any(type(v) is type(c.value[0]) and v in c.value for v in values)
+    if c.kind == "range":
+        nums = [float(v) for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+        return any(_in_range(x, c.value) for x in nums)
+    if c.kind == "datetime_range":
+        bounds = {op: parse_datetime(v) for op, v in c.value.items()}
+        stamps = [d for d in map(parse_datetime, values) if d is not None]
+        return any(_in_range(d, bounds) for d in stamps)  # type: ignore[arg-type]
+    # text: every query word among the field's words (Qdrant's word tokenizer, lower-cased)
+    want = set(_TEXT_TOKEN.findall(c.value.lower()))
+    return any(isinstance(v, str) and want <= set(_TEXT_TOKEN.findall(v.lower())) for v in values)
+
+
+def matches(spec: FilterSpec, payload: dict[str, Any]) -> bool:
+    """Whether a stored payload satisfies the spec (tenant and every condition)."""
+    return payload.get("tenant") == spec.tenant and all(_holds(c, payload) for c in spec.conditions)

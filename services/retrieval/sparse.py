@@ -4,7 +4,7 @@ The encoder only does the per-document half of BM25: term-frequency saturation
 and length normalisation. The other half, inverse document frequency, is applied
 by Qdrant at query time because the collection's sparse vector is created with
 ``modifier=IDF`` (:meth:`services.retrieval.store.VectorStore.ensure_collection`);
-the server (and qdrant-client's local mode) keeps the document frequencies up to
+the engine (Qdrant Edge, a server, or qdrant-client's local mode) keeps the document frequencies up to
 date as points are written and deleted, so no corpus statistics live here.
 
 A document term's weight is ``tf * (k1 + 1) / (tf + k1 * (1 - b + b * dl / avgdl))``

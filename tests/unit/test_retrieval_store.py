@@ -1,8 +1,14 @@
-"""The vector store on embedded Qdrant: collections, idempotent writes, tenants, filters, hybrid."""
+"""The vector store's behaviour, on the Edge engine and on the brute-force reference alike.
+
+Every test here runs on both backends (the ``store`` fixture is parametrized):
+collections, idempotent writes, tenants, filters, deletes, sparse and hybrid.
+Backend-specific behaviour (settings that take effect, locking) is at the end;
+score-for-score congruence is in test_store_congruence.py.
+"""
 
 from __future__ import annotations
 
-import logging
+import json
 import subprocess
 import sys
 import textwrap
@@ -12,13 +18,21 @@ from typing import Any
 
 import numpy as np
 import pytest
-from qdrant_client import models
+from qdrant_client import QdrantClient
 
 from services.errors import InvalidRequestError, NotFoundError, ServiceUnavailableError
-from services.retrieval import store as store_mod
 from services.retrieval.config import CollectionConfig, QuantizationConfig, VectorStoreConfig
+from services.retrieval.filters import Condition, FilterSpec
 from services.retrieval.sparse import BM25Encoder
-from services.retrieval.store import CollectionMismatchError, StoreLockedError, VectorStore, build_filter
+from services.retrieval.store import (
+    CollectionMismatchError,
+    StoreLockedError,
+    VectorStore,
+    build_filter,
+    open_store,
+)
+from services.retrieval.store.edge import EdgeStore
+from services.retrieval.store.server import ServerStore
 from services.retrieval.types import Chunk, chunk_id, content_hash
 
 pytestmark = pytest.mark.unit
@@ -56,9 +70,20 @@ def rows(n: int, direction: Sequence[float] = (1, 0, 0, 0)) -> np.ndarray:
     return np.stack([vec(*direction)] * n)
 
 
+@pytest.fixture(params=["edge", "reference"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[VectorStore]:
+    if request.param == "edge":
+        s: VectorStore = open_store(VectorStoreConfig(), str(tmp_path))
+    else:
+        s = ServerStore(VectorStoreConfig(), client=QdrantClient(location=":memory:"))
+    yield s
+    s.close()
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[VectorStore]:
-    s = VectorStore(VectorStoreConfig(), str(tmp_path))
+def edge(tmp_path: Path) -> Iterator[EdgeStore]:
+    s = open_store(VectorStoreConfig(), str(tmp_path))
+    assert isinstance(s, EdgeStore)
     yield s
     s.close()
 
@@ -74,39 +99,34 @@ def put(store: VectorStore, coll: str, chunks: list[Chunk], dense: np.ndarray | 
     store.upsert(coll, chunks, d, BM25.encode_documents([c.text for c in chunks]))
 
 
-def test_local_mode_and_description(store: VectorStore, tmp_path: Path) -> None:
-    assert store.mode == "local"
-    assert store.describe() == f"embedded Qdrant at {tmp_path.resolve() / 'qdrant'}"
-    assert (tmp_path / "qdrant").is_dir()
+def test_embedded_default_is_edge_and_described(edge: EdgeStore, tmp_path: Path) -> None:
+    assert edge.mode == "local" and edge.backend == "edge"
+    assert edge.describe() == f"embedded Qdrant Edge at {tmp_path.resolve() / 'qdrant' / 'edge'}"
+    assert (tmp_path / "qdrant" / "edge").is_dir()
 
 
-@pytest.mark.parametrize(
-    ("distance", "expected"),
-    [
-        ("cosine", models.Distance.COSINE),
-        ("dot", models.Distance.DOT),
-        ("euclid", models.Distance.EUCLID),
-        ("manhattan", models.Distance.MANHATTAN),
-    ],
-)
-def test_ensure_collection_creates_vectors(
-    store: VectorStore, distance: Any, expected: models.Distance
-) -> None:
+@pytest.mark.parametrize("distance", ["cosine", "dot", "euclid", "manhattan"])
+def test_ensure_collection_creates_vectors(store: VectorStore, distance: Any) -> None:
     cfg = CollectionConfig(name="c1", distance=distance)
     assert store.ensure_collection(cfg, 8) is True
     assert store.ensure_collection(cfg, 8) is False  # exists and matches
-    params = store._client.get_collection("c1").config.params
-    assert isinstance(params.vectors, dict)
-    assert params.vectors["dense"].size == 8 and params.vectors["dense"].distance == expected
-    assert params.sparse_vectors is not None
-    assert params.sparse_vectors["bm25"].modifier == models.Modifier.IDF
     assert store.collections() == ["c1"] and store.collection_exists("c1")
     assert not store.collection_exists("nope")
+    with pytest.raises(CollectionMismatchError, match=r"exists with 8-d"):
+        store.ensure_collection(cfg, 9)
+
+
+def test_edge_collection_persists_its_vectors(edge: EdgeStore) -> None:
+    edge.ensure_collection(CollectionConfig(name="c1", distance="dot"), 8)
+    stored = edge.stored_config("c1")
+    assert stored["vectors"]["dense"] == {"size": 8, "distance": "Dot"} | {
+        k: v for k, v in stored["vectors"]["dense"].items() if k not in ("size", "distance")
+    }
+    assert stored["sparse_vectors"]["bm25"]["modifier"] == "idf"
 
 
 def test_collection_without_hybrid_has_no_sparse_vector(store: VectorStore) -> None:
     store.ensure_collection(CollectionConfig(name="plain", hybrid=False), DIM)
-    assert not store._client.get_collection("plain").config.params.sparse_vectors
     with pytest.raises(CollectionMismatchError, match=r"'plain'.*hybrid: true"):
         store.ensure_collection(CollectionConfig(name="plain", hybrid=True), DIM)
 
@@ -119,20 +139,46 @@ def test_dimension_or_distance_mismatch_raises(store: VectorStore) -> None:
         store.ensure_collection(CollectionConfig(name="docs", distance="dot"), 384)
 
 
-def test_local_mode_logs_ignored_settings_once(
-    store: VectorStore, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(store_mod, "_local_notice", set())
-    caplog.set_level(logging.INFO, logger=store_mod.__name__)
+def test_every_collection_setting_reaches_the_edge_engine(edge: EdgeStore, tmp_path: Path) -> None:
     tuned = CollectionConfig(
-        name="tuned", quantization=QuantizationConfig(kind="product"), payload_indexes={"lang": "keyword"}
+        name="tuned",
+        hnsw_m=8,
+        hnsw_ef_construct=64,
+        full_scan_threshold_kb=123,
+        indexing_threshold_kb=456,
+        quantization=QuantizationConfig(kind="product", product_compression="x8"),
+        on_disk=True,
+        on_disk_payload=False,
+        payload_indexes={
+            "lang": "keyword",
+            "year": "integer",
+            "score": "float",
+            "draft": "bool",
+            "at": "datetime",
+            "body": "text",
+        },
     )
-    for _ in range(3):
-        store.ensure_collection(tuned, DIM)
-        store.ensure_collection(CollectionConfig(name="plain"), DIM)
-    notices = [r for r in caplog.records if "local mode is exact brute-force search" in r.getMessage()]
-    assert [r.levelno for r in notices] == [logging.WARNING, logging.INFO]
-    assert "quantization=" in notices[0].getMessage() and "'tuned'" in notices[0].getMessage()
+    edge.ensure_collection(tuned, DIM)
+    stored = json.loads((tmp_path / "qdrant" / "edge" / "tuned" / "edge_config.json").read_text())
+    assert (
+        stored["hnsw_config"] | {"m": 8, "ef_construct": 64, "full_scan_threshold": 123}
+        == stored["hnsw_config"]
+    )
+    assert stored["optimizers"]["indexing_threshold"] == 456
+    assert "product" in json.dumps(stored["quantization_config"]).lower()
+    assert stored["vectors"]["dense"]["memory"] == "cold"  # on_disk
+    assert stored["payload_memory"] == "cached"  # on_disk_payload: false
+    schema = edge._shard("tuned").info().payload_schema
+    assert set(schema) == {
+        "tenant",
+        "doc_id",
+        "_bool_terms",
+        *(f"metadata.{f}" for f in tuned.payload_indexes),
+    }
+    # a changed setting on the existing collection is persisted too (it takes effect at the next optimize)
+    edge.ensure_collection(tuned.model_copy(update={"hnsw_m": 32, "quantization": None}), DIM)
+    stored = edge.stored_config("tuned")
+    assert stored["hnsw_config"]["m"] == 32
 
 
 def test_upsert_is_idempotent(store: VectorStore, coll: str) -> None:
@@ -295,11 +341,11 @@ def test_filter_must_be_an_object() -> None:
     with pytest.raises(InvalidRequestError) as err:
         build_filter(["lang"], "a")  # type: ignore[arg-type]
     assert err.value.param == "filter"
-    tenant_only = build_filter(None, "a")
-    assert tenant_only.must == [models.FieldCondition(key="tenant", match=models.MatchValue(value="a"))]
+    assert build_filter(None, "a") == FilterSpec("a")
+    assert build_filter({"lang": "en"}, "a") == FilterSpec("a", (Condition("metadata.lang", "match", "en"),))
 
 
-def test_sparse_scores_carry_idf_in_local_mode(store: VectorStore, coll: str) -> None:
+def test_sparse_scores_carry_idf_computed_by_the_engine(store: VectorStore, coll: str) -> None:
     texts = ["apple banana", "apple", "apple", "apple"]
     put(store, coll, make_chunks("a", "fruit", texts))
     banana = store.search(coll, "a", None, BM25.encode_query("banana"), 10)
@@ -352,7 +398,7 @@ def test_missing_collection_is_not_found(store: VectorStore) -> None:
 @pytest.mark.filterwarnings("ignore::UserWarning")  # insecure api key; no server version
 def test_unreachable_server_is_service_unavailable() -> None:
     cfg = VectorStoreConfig(url="http://127.0.0.1:9", api_key="s3cret", timeout_s=1)
-    with VectorStore(cfg, "/nonexistent") as s:
+    with open_store(cfg, "/nonexistent") as s:
         assert s.mode == "server"
         assert s.describe() == "Qdrant server at http://127.0.0.1:9"
         with pytest.raises(ServiceUnavailableError, match="vector store unreachable"):
@@ -360,16 +406,16 @@ def test_unreachable_server_is_service_unavailable() -> None:
 
 
 def test_second_process_gets_store_locked_error(tmp_path: Path) -> None:
-    with VectorStore(VectorStoreConfig(), str(tmp_path)) as s:
+    with open_store(VectorStoreConfig(), str(tmp_path)) as s:
         s.ensure_collection(CollectionConfig(name="docs"), DIM)
         put(s, "docs", make_chunks("a", "d", ["kept"]))
         child = textwrap.dedent(
             f"""
             import sys
             from services.retrieval.config import VectorStoreConfig
-            from services.retrieval.store import StoreLockedError, VectorStore
+            from services.retrieval.store import StoreLockedError, open_store
             try:
-                VectorStore(VectorStoreConfig(), {str(tmp_path)!r})
+                open_store(VectorStoreConfig(), {str(tmp_path)!r})
             except StoreLockedError as e:
                 print(e)
                 sys.exit(3)
@@ -381,6 +427,6 @@ def test_second_process_gets_store_locked_error(tmp_path: Path) -> None:
         assert res.returncode == 3, res.stderr
         assert "held by another process" in res.stdout and str(tmp_path / "qdrant") in res.stdout
     # released on close, and the data persisted
-    with VectorStore(VectorStoreConfig(), str(tmp_path)) as again:
+    with open_store(VectorStoreConfig(), str(tmp_path)) as again:
         assert again.count("docs") == 1
     assert issubclass(StoreLockedError, RuntimeError)
