@@ -206,11 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
     kc.set_defaults(func=cmd_keys_create)
 
     from evals.cli import add_parser as add_eval
+    from llmops.collections import add_parser as add_collections
     from llmops.platform import locate_platform
     from pipelines.ingest.cli import add_parser as add_ingest
 
     add_ingest(sub, load_config, locate_platform)
     add_eval(sub, load_config=load_config)
+    add_collections(sub, load_config)
 
     for name, helptext, func in (
         ("models", "list the models the server offers", cmd_models),

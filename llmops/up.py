@@ -128,6 +128,8 @@ def cmd_up(cfg: LLMOpsConfig, args: argparse.Namespace) -> int:
         if problem or busy:
             console.error("; ".join([*([problem] if problem else []), *busy]), event="ports_in_use")
             return 1
+        if not migrate_embedded(cfg, console):
+            return 1
         url = gateway_url(cfg)
         record = RunRecord.new(
             cfg.data_dir,
@@ -247,6 +249,35 @@ def _stop(record: RunRecord, prometheus: Any, console: Console) -> None:
 
 
 # -- what the banner says -------------------------------------------------------------------------
+def migrate_embedded(cfg: LLMOpsConfig, console: Console) -> bool:
+    """Copy old-format embedded collections into Qdrant Edge before starting; False if that failed."""
+    from services.retrieval.store import open_store
+    from services.retrieval.store.legacy import migrate, unmigrated
+
+    vs = cfg.retrieval.vector_store
+    root = os.path.abspath(os.path.expanduser(vs.path or os.path.join(cfg.data_dir, "qdrant")))
+    if not cfg.retrieval.enabled or vs.url or not unmigrated(root):
+        return True
+    console.event("migrating", f"migrating {', '.join(unmigrated(root))} into the Qdrant Edge engine ...")
+    try:
+        with open_store(vs, cfg.data_dir, allow_legacy=True) as store:
+            copied = migrate(store, {c.name: c for c in cfg.retrieval.collections})  # type: ignore[arg-type]
+    except Exception as exc:  # a half-copied collection is re-copied next time (ids are kept)
+        console.error(
+            f"migrating the embedded store failed: {exc}; `llmops ingest --migrate` retries",
+            event="migration_failed",
+        )
+        return False
+    for name, n in copied.items():
+        console.event(
+            "migrated",
+            f"  migrated        {name}: {n:,} points (nothing re-embedded)",
+            collection=name,
+            points=n,
+        )
+    return True
+
+
 def seed_sample_corpus(cfg: LLMOpsConfig, url: str) -> str | None:
     """Load the SQuAD sample paragraphs into the first collection if it is empty.
 

@@ -57,6 +57,12 @@ def add_parser(
     p.add_argument(
         "--metadata-fields", help="row formats: comma-separated metadata fields (default: all other fields)"
     )
+    p.add_argument(
+        "--migrate",
+        action="store_true",
+        help="copy collections of the old embedded format (qdrant-client local mode) into the Qdrant Edge "
+        "engine, re-embedding nothing; then ingest PATH if given",
+    )
     p.add_argument("--url", help="submit to the platform at this URL instead of writing to the store")
     p.add_argument("--api-key", help="API key for --url (default: $LLMOPS_API_KEY)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -70,13 +76,13 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from pipelines.ingest.pipeline import collection_config, open_store, run
-    from services.retrieval.store import StoreLockedError
+    from services.retrieval.store import MigrationRequiredError, StoreLockedError
 
     # soft wrap: messages are paths and ids, never cut them; errors carry no markup
     console = Console(soft_wrap=True, highlight=False)
     err = Console(stderr=True, soft_wrap=True, highlight=False, markup=False)
-    if not args.path and not args.delete:
-        err.print("error: give a PATH to ingest, or --delete DOC_ID")
+    if not args.path and not args.delete and not args.migrate:
+        err.print("error: give a PATH to ingest, --delete DOC_ID, or --migrate")
         return 2
     try:
         cfg = args.load_config(args.config)
@@ -94,7 +100,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if args.url:
         return _remote(args, cfg, coll.name, args.url, fields, console, err, "")
     try:
-        store = open_store(cfg)
+        store = open_store(cfg, allow_legacy=args.migrate)
+    except MigrationRequiredError as exc:
+        err.print(f"error: {exc}")
+        return 2
     except StoreLockedError as exc:
         url, how = (
             args.locate_platform(cfg)
@@ -104,6 +113,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         err.print(f"{exc}\n→ submitting through {how} at {url} instead")
         return _remote(args, cfg, coll.name, url, fields, console, err, f" (its {store_label(cfg)})")
     with store:
+        if args.migrate:
+            copied = migrate_store(store, cfg, console)
+            if not args.path and not args.delete:
+                return 0 if copied is not None else 2
         if args.delete:
             n = (
                 store.delete_doc(coll.name, args.tenant, args.delete)
@@ -131,6 +144,24 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def migrate_store(store: Any, cfg: LLMOpsConfig, console: Console) -> dict[str, int] | None:
+    """Copy old-format collections into the Edge store, printing what moved (None: not embedded)."""
+    from services.retrieval.store.legacy import migrate
+
+    if store.backend != "edge":
+        console.print(f"nothing to migrate: the config names {store.describe()}", markup=False)
+        return None
+    configs = {c.name: c for c in cfg.retrieval.collections}
+    copied = migrate(store, configs)
+    for name, n in copied.items():
+        console.print(
+            f"migrated {name}: {n:,} points into {store.describe()} (nothing re-embedded)", markup=False
+        )
+    if not copied:
+        console.print(f"nothing to migrate in {store.describe()}", markup=False)
+    return copied
+
+
 def default_url(cfg: LLMOpsConfig) -> str:
     host = cfg.gateway.host
     host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
@@ -142,7 +173,8 @@ def store_label(cfg: LLMOpsConfig) -> str:
     vs = cfg.retrieval.vector_store
     if vs.url:
         return f"Qdrant server at {vs.url}"
-    return f"embedded Qdrant at {os.path.abspath(os.path.expanduser(vs.path or os.path.join(cfg.data_dir, 'qdrant')))}"
+    root = os.path.abspath(os.path.expanduser(vs.path or os.path.join(cfg.data_dir, "qdrant")))
+    return f"embedded Qdrant Edge at {os.path.join(root, 'edge')}"
 
 
 def print_summary(summary: IngestSummary, console: Console, as_json: bool = False) -> None:

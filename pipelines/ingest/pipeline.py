@@ -37,6 +37,7 @@ from pipelines.ingest.writer import StoreWriter
 from services.embeddings.config import EmbeddingModelConfig
 from services.retrieval.config import CollectionConfig
 from services.retrieval.store import VectorStore
+from services.retrieval.store import open_store as _open_store
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -62,6 +63,7 @@ class IngestSummary:
     quarantined: int = 0
     quarantine_file: str | None = None
     elapsed_s: float = 0.0
+    index_s: float = 0.0  # building the HNSW/payload indexes at the end (inside elapsed_s)
 
     @property
     def docs_per_s(self) -> float:
@@ -82,6 +84,7 @@ class IngestSummary:
             ("quarantined", str(self.quarantined)),
             *([("quarantine file", self.quarantine_file)] if self.quarantine_file else []),
             ("elapsed", f"{self.elapsed_s:.1f} s ({self.docs_per_s:.1f} docs/s)"),
+            *([("index build", f"{self.index_s:.1f} s (HNSW + payload indexes)")] if self.index_s else []),
         ]
 
 
@@ -104,9 +107,14 @@ def embedding_config(config: LLMOpsConfig, coll: CollectionConfig) -> EmbeddingM
     return next(e for e in config.embeddings if e.name == name)
 
 
-def open_store(config: LLMOpsConfig) -> VectorStore:
-    """The configured store; raises ``StoreLockedError`` while another process holds the embedded one."""
-    return VectorStore(config.retrieval.vector_store, config.data_dir)
+def open_store(config: LLMOpsConfig, allow_legacy: bool = False) -> VectorStore:
+    """The configured store.
+
+    Raises:
+        StoreLockedError: another process holds the embedded one.
+        MigrationRequiredError: the embedded folder holds old-format collections (``--migrate``).
+    """
+    return _open_store(config.retrieval.vector_store, config.data_dir, allow_legacy=allow_legacy)
 
 
 def ensure_ray(config: LLMOpsConfig) -> bool:
@@ -307,6 +315,12 @@ def run(
                             qwriter.write([quarantined_row(row)])
                         bar.advance(task)
                 writer.flush()
+            if writer.chunks or writer.stale:
+                # the engine indexes only when asked: build HNSW once, at the end of the bulk load
+                bar.update(task, description=f"{coll.name} (building the index)")
+                t_index = time.perf_counter()
+                store.optimize(coll.name)
+                summary.index_s = time.perf_counter() - t_index
         if writer.pending:  # only if a stage dropped rows: never leave half a document unreported
             raise RuntimeError(f"chunks of {len(writer.pending)} document(s) never all arrived")
     finally:

@@ -18,7 +18,8 @@ import pytest
 
 from llmops.config import LLMOpsConfig, validate_config
 from pipelines.ingest.pipeline import delete_document, run
-from services.retrieval.store import VectorStore
+from services.retrieval.store import VectorStore, open_store
+from services.retrieval.store.edge import EdgeStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -119,7 +120,7 @@ def points(cfg: LLMOpsConfig, doc_ids: list[str], every: bool = True) -> dict[st
 
     The store is opened only between runs: the embedded one admits one client.
     """
-    with VectorStore(cfg.retrieval.vector_store, cfg.data_dir) as store:
+    with open_store(cfg.retrieval.vector_store, cfg.data_dir) as store:
         assert store.count("kb") == store.count("kb", "local")
         found = {d: store.doc_point_ids("kb", "local", d) for d in doc_ids}
         if every:
@@ -149,7 +150,7 @@ def reference(ray_cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Re
     assert all(found.values()), [d for d, p in found.items() if not p]
     assert summary.chunks_written == sum(len(p) for p in found.values())
     assert sum(len(p) > 1 for p in found.values()) >= 5, "the corpus should have multi-chunk documents"
-    assert summary.store == f"embedded Qdrant at {Path(cfg.data_dir).resolve() / 'qdrant'}"
+    assert summary.store == f"embedded Qdrant Edge at {Path(cfg.data_dir).resolve() / 'qdrant' / 'edge'}"
     return Reference(root, ids, cfg, found)
 
 
@@ -174,7 +175,7 @@ def test_rerun_update_crash_between_new_and_stale_then_delete(
     def no_delete(self: VectorStore, *args: Any, **kw: Any) -> None:
         raise Crash("killed before deleting stale chunks")
 
-    monkeypatch.setattr(VectorStore, "delete_points", no_delete)
+    monkeypatch.setattr(EdgeStore, "delete_points", no_delete)
     with pytest.raises(Crash):
         run(cfg, str(root), "kb", progress=False)
     monkeypatch.undo()
@@ -190,7 +191,7 @@ def test_rerun_update_crash_between_new_and_stale_then_delete(
     assert {d: p for d, p in after.items() if d != target} == {
         d: p for d, p in reference.points.items() if d != target
     }
-    with VectorStore(cfg.retrieval.vector_store, cfg.data_dir) as store:
+    with open_store(cfg.retrieval.vector_store, cfg.data_dir) as store:
         hits = store.search("kb", "local", None, _query(prose(999, 2)), 3, filter={"doc_id": target})
     assert hits and all(h.chunk.doc_id == target for h in hits)
 
@@ -214,7 +215,7 @@ def test_crash_midway_then_resume_gives_exact_points(
     make_corpus(work)
     cfg = config(tmp_path / "data")
     calls = {"n": 0}
-    real_upsert = VectorStore.upsert
+    real_upsert = EdgeStore.upsert
 
     def flaky_upsert(self: VectorStore, *args: Any, **kw: Any) -> None:
         calls["n"] += 1
@@ -222,7 +223,7 @@ def test_crash_midway_then_resume_gives_exact_points(
             raise Crash("killed after 2 write batches")
         real_upsert(self, *args, **kw)
 
-    monkeypatch.setattr(VectorStore, "upsert", flaky_upsert)
+    monkeypatch.setattr(EdgeStore, "upsert", flaky_upsert)
     with pytest.raises(Crash):
         run(cfg, str(work), "kb", progress=False, write_batch_chunks=8)
     monkeypatch.undo()

@@ -8,7 +8,7 @@ import pytest
 from evals import cli as eval_cli
 from evals.datasets import RetrievalQuery, load_squad
 from evals.retrieval import MODES, RetrievalReport, evaluate_retrieval, spread_sample
-from services.retrieval.config import CollectionConfig
+from services.retrieval.config import CollectionConfig, QuantizationConfig
 
 
 @pytest.fixture(scope="module")
@@ -32,12 +32,11 @@ def report(encoder, squad_slice, tmp_path_factory) -> RetrievalReport:
     corpus, questions = squad_slice
     return evaluate_retrieval(
         encoder,
-        CollectionConfig(name="docs", hybrid=False),
+        CollectionConfig(name="docs", hybrid=False, quantization=QuantizationConfig(kind="scalar")),
         corpus=corpus,
         questions=questions,
         limit=50,
         work_dir=str(tmp_path_factory.mktemp("eval")),
-        exact_modes=(True, False),  # both, to check that local mode makes them equal
         embedding_model="all-minilm-l6-v2",
     )
 
@@ -48,10 +47,12 @@ def test_report_shape(report, squad_slice):
     assert report.questions == 50
     assert report.chunks >= report.documents
     assert report.chunk_top_k >= 10
-    assert [(r.mode, r.exact) for r in report.results] == [(m, e) for m in MODES for e in (True, False)]
-    assert report.store == "embedded Qdrant (local mode)"
+    kinds = ("exact", "hnsw", "quantized")  # quantized because the collection configures it
+    assert [(r.mode, r.search) for r in report.results] == [(m, k) for m in MODES for k in kinds]
+    assert report.store == "embedded Qdrant Edge"
+    assert report.collection["quantization"]["kind"] == "scalar"
     assert any("hybrid: false" in n for n in report.notes)  # forced on, and said so
-    assert any("brute force" in n for n in report.notes)
+    assert any("vs exact@10" in n for n in report.notes)
 
 
 def test_metrics_are_ordered_and_sane(report):
@@ -63,23 +64,24 @@ def test_metrics_are_ordered_and_sane(report):
         assert r.queries == 50 and r.search_seconds > 0 and r.queries_per_second > 0
     for mode in MODES:
         assert report.result(mode).recall_at_10 > max(0.5, 3 * chance), mode
-        # embedded Qdrant ignores `exact`: both rows must agree exactly
-        exact, approx = report.result(mode, True), report.result(mode, False)
-        assert (exact.recall_at_1, exact.mrr_at_10, exact.ndcg_at_10) == (
-            approx.recall_at_1,
-            approx.mrr_at_10,
-            approx.ndcg_at_10,
-        )
+        exact, hnsw, quant = (report.result(mode, k) for k in ("exact", "hnsw", "quantized"))
+        assert exact.recall_vs_exact is None
+        for approx in (hnsw, quant):  # the HNSW graph of a small corpus finds nearly all exact neighbours
+            assert approx.recall_vs_exact is not None and 0.9 <= approx.recall_vs_exact <= 1.0, (mode, approx)
+            assert abs(approx.recall_at_10 - exact.recall_at_10) <= 0.1
+        if mode == "sparse":  # sparse search is exact in every row
+            assert hnsw.recall_vs_exact == quant.recall_vs_exact == 1.0
 
 
 def test_renderings(report):
     md = report.to_markdown().splitlines()
     assert md[0].startswith("| mode | search | R@1 |")
-    assert sum(line.startswith("| dense |") for line in md) == 2
+    assert sum(line.startswith("| dense |") for line in md) == 3
+    assert "| dense | HNSW + quantized |" in report.to_markdown()
     data = json.loads(report.to_json())
-    assert data["questions"] == 50 and len(data["results"]) == 6
+    assert data["questions"] == 50 and len(data["results"]) == 9
     assert data["results"][0]["queries_per_second"] > 0
-    assert report.to_table().row_count == 6
+    assert report.to_table().row_count == 9
 
 
 def test_a_paragraph_finds_itself(encoder, squad_slice, tmp_path):
@@ -88,8 +90,8 @@ def test_a_paragraph_finds_itself(encoder, squad_slice, tmp_path):
     docs = corpus[:20]
     qs = [RetrievalQuery(qid=d.doc_id, text=d.text, relevant_doc_ids=(d.doc_id,)) for d in docs[:10]]
     rep = evaluate_retrieval(encoder, corpus=docs, questions=qs, modes=["dense"], work_dir=str(tmp_path))
-    # local mode by default runs one search per mode and labels it as both
-    assert [r.label for r in rep.results] == ["exact = approx."]
+    # no quantization configured: exact and HNSW only
+    assert [r.label for r in rep.results] == ["exact", "HNSW"]
     assert rep.result("dense").recall_at_1 == 1.0
     assert rep.result("dense").mrr_at_10 == 1.0
 

@@ -16,7 +16,7 @@ import yaml
 from llmops.config import load_config
 from pipelines.ingest.cli import add_parser
 from services.retrieval.config import VectorStoreConfig
-from services.retrieval.store import VectorStore
+from services.retrieval.store import open_store
 
 pytestmark = pytest.mark.unit
 
@@ -94,13 +94,13 @@ def test_locked_store_falls_back_to_the_running_platform(
     cfg, src = setup(tmp_path, platform_url)
     monkeypatch.setenv("LLMOPS_API_KEY", "sk-test")
     # hold the embedded store the way a running `llmops up` does
-    with VectorStore(VectorStoreConfig(), str(tmp_path / "data")):
+    with open_store(VectorStoreConfig(), str(tmp_path / "data")):
         args = parse(["ingest", str(src), "--config", str(cfg), "--no-progress", "--json"])
         assert args.func(args) == 0
     out = capsys.readouterr()
     assert "held by another process" in out.err
     summary = json.loads(out.out)
-    assert summary["store"].startswith(f"running platform at {platform_url} (its embedded Qdrant at ")
+    assert summary["store"].startswith(f"running platform at {platform_url} (its embedded Qdrant Edge at ")
     assert (summary["docs_seen"], summary["docs_written"], summary["chunks_written"]) == (9, 7, 14)
     assert summary["quarantined"] == 2  # the bad JSON line and the row without lang, validated here
     posts = [r for r in FakePlatform.requests if r[0] == "POST"]

@@ -21,7 +21,7 @@ from pipelines.ingest.writer import StoreWriter
 from services.embeddings.encoder import Encoder
 from services.retrieval.chunking import chunk_document
 from services.retrieval.config import CollectionConfig, VectorStoreConfig
-from services.retrieval.store import VectorStore
+from services.retrieval.store import open_store
 from services.retrieval.types import Document
 
 pytestmark = pytest.mark.unit
@@ -81,7 +81,7 @@ def test_stages_then_writer_then_unchanged_on_rerun(encoder: Encoder, tmp_path: 
     record = quarantined_row(row_of[-1])
     assert record.doc_id == "nolang" and record.record is not None and record.record["metadata"] == {}
 
-    with VectorStore(VectorStoreConfig(), str(tmp_path)) as store:
+    with open_store(VectorStoreConfig(), str(tmp_path)) as store:
         writer = StoreWriter(store, COLL, "acme", existing=set(), flush_at=2)
         completed = [writer.add(r) for r in reversed(row_of[:-1])]  # any arrival order
         writer.flush()
@@ -107,7 +107,7 @@ def test_writer_replaces_a_changed_document(encoder: Encoder, tmp_path: Path) ->
         out = embedder(chunker({**batch([("d", text, {})]), "failed": np.array(["[]"], dtype=object)}))
         return [{k: out[k][i] for k in out} for i in range(len(out["kind"]))]
 
-    with VectorStore(VectorStoreConfig(), str(tmp_path)) as store:
+    with open_store(VectorStoreConfig(), str(tmp_path)) as store:
         first = StoreWriter(store, coll, "t", existing=set(), flush_at=100)
         for r in rows(LONG):
             first.add(r)
