@@ -168,9 +168,14 @@ class Embedder:
         hybrid: bool,
         batch_size: int,
         threads: int | None = None,
+        backend: str = "torch",
+        precision: str = "auto",
+        cache_dir: str | None = None,
         encoder: Any = None,
     ) -> None:
-        """``encoder``: an already loaded :class:`Encoder` to use instead (tests, in-process use)."""
+        """``backend``/``precision``/``cache_dir``: as the embedding model's config (the same
+        forward pass as the embeddings deployment, so documents and queries match).
+        ``encoder``: an already loaded :class:`Encoder` to use instead (tests, in-process use)."""
         import threading
 
         from services.retrieval.sparse import BM25Encoder
@@ -180,15 +185,26 @@ class Embedder:
         self._encoder: Any = encoder
         self._error: BaseException | None = None
         self.threads = threads
-        self._loader = threading.Thread(target=self._load, args=(model_path, device), daemon=True)
+        self._loader = threading.Thread(
+            target=self._load, args=(model_path, device, backend, precision, cache_dir), daemon=True
+        )
         if encoder is None:
             self._loader.start()
 
-    def _load(self, model_path: str | None, device: str) -> None:
+    def _load(
+        self, model_path: str | None, device: str, backend: str, precision: str, cache_dir: str | None
+    ) -> None:
         try:
             from services.embeddings.encoder import Encoder
 
-            self._encoder = Encoder(model_path, device)
+            self._encoder = Encoder(
+                model_path,
+                device,
+                backend,
+                threads=self.threads,
+                cache_dir=cache_dir,
+                precision=precision,  # type: ignore[arg-type]
+            )
         except BaseException as exc:  # re-raised in the batch that needs the model
             self._error = exc
 

@@ -46,7 +46,14 @@ class EmbeddingServer:
             import torch
 
             torch.set_num_threads(self.config.torch_threads)
-        self.encoder = Encoder(self.config.path, self.config.device)
+        self.encoder = Encoder(
+            self.config.path,
+            self.config.device,
+            self.config.backend,
+            threads=self.config.torch_threads,
+            cache_dir=self.config.cache_dir,
+            precision=self.config.precision,
+        )
         self.max_input_tokens = self.config.max_input_tokens or self.encoder.max_seq_length
         self.batch_sizes: list[int] = []  # texts per forward pass, newest last (bounded)
 
