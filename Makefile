@@ -54,6 +54,9 @@ bench: $(STAMP)
 	command -v wrk >/dev/null || (apt-get update -q && apt-get install -y -q wrk)
 	$(PY) benchmarks/serving.py
 	$(PY) benchmarks/ingest.py
+	$(PY) benchmarks/retrieval.py
+	$(PY) benchmarks/filtered_search.py
+	$(PY) benchmarks/embeddings.py
 	$(PY) benchmarks/observability.py
 
 clean:
