@@ -116,7 +116,15 @@ def cmd_eval_retrieval(args: argparse.Namespace, load_config: ConfigLoader | Non
             import torch
 
             torch.set_num_threads(emb.torch_threads)
-        encoder = Encoder(emb.path, device=emb.device)
+        # the served forward pass (backend, precision), so the figures are the platform's own
+        encoder = Encoder(
+            emb.path,
+            emb.device,
+            emb.backend,
+            threads=emb.torch_threads,
+            cache_dir=emb.cache_dir,
+            precision=emb.precision,
+        )
     report = evaluate_retrieval(
         encoder,
         coll,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -315,6 +315,19 @@ class BaseStore:
         if post:
             rows = [r for r in rows if matches(spec, r.payload)][:top_k]
         return [Hit(chunk=chunk_from_payload(r.id, r.payload), score=r.score) for r in rows]
+
+
+def named_vectors(
+    dense: np.ndarray, sparse: Sequence[SparseVector] | None, make_sparse: Callable[[SparseVector], Any]
+) -> list[dict[str, Any]]:
+    """Each point's named vectors: dense always, sparse (in the backend's type) when it has terms."""
+    out: list[dict[str, Any]] = []
+    for i in range(len(dense)):
+        vector: dict[str, Any] = {DENSE: dense[i].tolist()}
+        if sparse is not None and sparse[i].indices:  # a chunk with no terms has no sparse vector
+            vector[SPARSE] = make_sparse(sparse[i])
+        out.append(vector)
+    return out
 
 
 def chunk_from_payload(point_id: str, p: dict[str, Any]) -> Chunk:

@@ -49,6 +49,7 @@ from services.retrieval.store.base import (
     ScoredRow,
     StoreLockedError,
     log,
+    named_vectors,
     not_found,
 )
 from services.retrieval.types import Chunk, SparseVector
@@ -339,12 +340,10 @@ class EdgeStore(BaseStore):
         dense: np.ndarray,
         sparse: Sequence[SparseVector] | None,
     ) -> None:
-        points = []
-        for i, c in enumerate(chunks):
-            vector: dict[str, Any] = {DENSE: dense[i].tolist()}
-            if sparse is not None and sparse[i].indices:  # a chunk with no terms has no sparse vector
-                vector[SPARSE] = _sparse(sparse[i])
-            points.append(qe.Point(id=c.id, vector=vector, payload=edge_payload(c.payload())))
+        points = [
+            qe.Point(id=c.id, vector=v, payload=edge_payload(c.payload()))
+            for c, v in zip(chunks, named_vectors(dense, sparse, _sparse), strict=True)
+        ]
         self._shard(collection).update(qe.UpdateOperation.upsert_points(points))
 
     def write_points(self, collection: str, points: list[qe.Point]) -> None:

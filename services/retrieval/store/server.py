@@ -40,6 +40,7 @@ from services.retrieval.store.base import (
     QueryPlan,
     ScoredRow,
     log,
+    named_vectors,
     not_found,
     unreachable,
 )
@@ -254,12 +255,10 @@ class ServerStore(BaseStore):
         dense: np.ndarray,
         sparse: Sequence[SparseVector] | None,
     ) -> None:
-        points = []
-        for i, c in enumerate(chunks):
-            vector: dict[str, Any] = {DENSE: dense[i].tolist()}
-            if sparse is not None and sparse[i].indices:  # a chunk with no terms has no sparse vector
-                vector[SPARSE] = _sparse(sparse[i])
-            points.append(models.PointStruct(id=c.id, vector=vector, payload=c.payload()))
+        points = [
+            models.PointStruct(id=c.id, vector=v, payload=c.payload())
+            for c, v in zip(chunks, named_vectors(dense, sparse, _sparse), strict=True)
+        ]
         with self._call(collection):
             self._client.upsert(collection, points=points, wait=True)
 
