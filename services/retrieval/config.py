@@ -203,6 +203,13 @@ class RetrievalConfig(StrictModel):
         default_factory=lambda: DeploymentSettings(num_cpus=0.25, max_ongoing_requests=64),
         description="Replicas, autoscaling and resources of the retrieval deployment.",
     )
+    local_query_embedding: bool = Field(
+        True,
+        description="Embed a search query inside the retrieval replica, with the same model, backend "
+        "and precision as the embedding deployment, when that model runs on CPU: one Serve hop "
+        "less (about 3 ms, benchmarks/retrieval.py). Documents always go through the embedding "
+        "deployment; a CUDA model is always called there.",
+    )
 
     @field_validator("collections")
     @classmethod

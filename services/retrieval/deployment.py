@@ -66,12 +66,35 @@ class RetrievalServer:
     def _embedding_name(self, coll: CollectionConfig) -> str:
         return coll.embedding_model or self._emb_cfgs[0].name
 
+    def _local_queries(self, coll: CollectionConfig) -> bool:
+        """Queries are embedded here: configured so, and the model's deployment runs on CPU."""
+        cfg = self._emb_cfg(coll)
+        return self.config.local_query_embedding and cfg.device == "cpu"
+
+    def _emb_cfg(self, coll: CollectionConfig) -> EmbeddingModelConfig:
+        name = self._embedding_name(coll)
+        return next(e for e in self._emb_cfgs if e.name == name)
+
     def _tokenizer(self, coll: CollectionConfig) -> Encoder:
+        """The collection's embedding model: its tokenizer and dimension for chunking and, when
+        queries are embedded here, the forward pass the embedding deployment runs (same backend
+        and precision, so query vectors match the documents')."""
         name = self._embedding_name(coll)
         if name not in self._tokenizers:
-            cfg = next(e for e in self._emb_cfgs if e.name == name)
-            self._tokenizers[name] = Encoder(cfg.path, "cpu")
+            cfg = self._emb_cfg(coll)
+            if self._local_queries(coll):
+                self._tokenizers[name] = Encoder(
+                    cfg.path, "cpu", cfg.backend, threads=1, cache_dir=cfg.cache_dir, precision=cfg.precision
+                )
+            else:
+                self._tokenizers[name] = Encoder(cfg.path, "cpu")
         return self._tokenizers[name]
+
+    async def _embed_query(self, coll: CollectionConfig, query: str) -> np.ndarray:
+        if self._local_queries(coll):
+            encoder = self._tokenizer(coll)  # loaded by _ensure
+            return (await asyncio.to_thread(encoder.encode, [query], 1))[0]
+        return (await self._embed_texts(coll, [query]))[0]
 
     def collection(self, name: str) -> CollectionConfig:
         coll = self.config.collection(name)
@@ -157,7 +180,7 @@ class RetrievalServer:
             t0 = time.perf_counter()
             embed_span = start_span("embed", parent=span, attributes={"llmops.texts": 1})
             try:
-                dense = (await self._embed_texts(coll, [query]))[0]
+                dense = await self._embed_query(coll, query)
             finally:
                 embed_span.end()
             t1 = time.perf_counter()
