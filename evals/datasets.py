@@ -124,3 +124,36 @@ def load_squad(path: str | Path | None = None) -> SquadSet:
 def sample_corpus() -> list[Document]:
     """The SQuAD paragraphs (646 Wikipedia passages, 16 topics): the demo collection's seed."""
     return load_squad().paragraphs
+
+
+REALSUMM_DIR = DATA_DIR / "realsumm"
+REALSUMM_SYSTEMS = ("bart_out", "t5_out_base", "t5_out_small")
+
+
+@dataclass(frozen=True)
+class RealSumm:
+    """REALSumm's 100 CNN/DailyMail test articles, aligned by index: ``sources`` (articles),
+    ``references`` (reference summaries) and ``systems`` (name -> that system's summaries)."""
+
+    sources: list[str]
+    references: list[str]
+    systems: dict[str, list[str]]
+
+
+def load_realsumm(root: str | Path | None = None) -> RealSumm:
+    """Load the shipped REALSumm files (see evals/data/realsumm/ATTRIBUTION.md).
+
+    Raises:
+        ValueError: the files do not hold the same number of documents.
+    """
+    base = Path(root) if root is not None else REALSUMM_DIR
+
+    def lines(name: str) -> list[str]:
+        raw = (base / f"realsumm_{name}.txt.gz").read_bytes()
+        return gzip.decompress(raw).decode("utf-8").splitlines()
+
+    data = RealSumm(lines("src"), lines("ref"), {s: lines(s) for s in REALSUMM_SYSTEMS})
+    sizes = {len(data.sources), len(data.references), *(len(v) for v in data.systems.values())}
+    if len(sizes) != 1:
+        raise ValueError(f"REALSumm files under {base} are not aligned: sizes {sorted(sizes)}")
+    return data
