@@ -53,6 +53,10 @@ def add_parser(subparsers: Any, load_config: ConfigLoader | None = None) -> argp
     r.add_argument("--markdown", action="store_true", help="print a README-ready Markdown table instead")
     r.add_argument("--work-dir", help="parent folder of the temporary store (default: the system temp dir)")
     r.set_defaults(func=functools.partial(cmd_eval_retrieval, load_config=load_config))
+
+    from evals.run_cli import add_run_parsers
+
+    add_run_parsers(sub, _positive_int)
     return ev
 
 
