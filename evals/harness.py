@@ -194,6 +194,7 @@ async def score(
             "answer": responses[i.id].text,
             "error": responses[i.id].error,
             "latency_s": responses[i.id].latency_s,
+            "has_answer": bool(i.expected),
         }
         for i in its
     ]

@@ -49,6 +49,17 @@ def build_report(suite: Suite, rows: list[dict[str, Any]], run: dict[str, Any]) 
         metrics[spec.key] = {**s.as_dict(), "higher_is_better": spec.higher_is_better}
         for r, v in zip(rows, vals, strict=True):
             cats[r.get("category") or ""][spec.key].append(v)
+    # SQuAD 2.0's HasAns / NoAns splits, as the official script reports them
+    splits = {
+        split: {
+            spec.key: summarize(
+                [_num(r.get(spec.key)) for r in rows if r.get("has_answer") is want]
+            ).as_dict()
+            for spec in suite.metrics
+            if spec.name in ("squad_em", "squad_f1")
+        }
+        for split, want in (("HasAns", True), ("NoAns", False))
+    }
     by_category = {
         c: {k: summarize(v).as_dict() | {"n": len(v)} for k, v in per.items()}
         for c, per in sorted(cats.items())
@@ -63,6 +74,7 @@ def build_report(suite: Suite, rows: list[dict[str, Any]], run: dict[str, Any]) 
             "items_failed": sum(1 for r in rows if r.get("error")),
             "metrics": metrics,
             "by_category": by_category,
+            **({"splits": splits} if any(splits.values()) else {}),
             "items": rows,
         }
     )

@@ -36,8 +36,9 @@ from services.generation.protocol import (
 NO_CONTEXT_ANSWER = "I don't know: the request contains no context to answer from."
 
 _SUMMARY_INTENT = re.compile(r"\b(summari[sz]e|summari[sz]ation|summary|tl;?dr|key points)\b", re.I)
-# Sentence ends: . ! ? (optionally followed by closing quotes/brackets) then space; or line breaks.
-_SENTENCE_SPLIT = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[\"'(\[]?[A-Z0-9])|\n+")
+# Sentence ends: . ! ? (optionally followed by closing quotes/brackets) then space; or a stop that is
+# its own token (tokenized text such as CNN/DailyMail's "nepal . and they"); or line breaks.
+_SENTENCE_SPLIT = re.compile(r"(?<=[.!?])[\"')\]]?\s+(?=[\"'(\[]?[A-Z0-9])|(?<=\s[.!?])\s+|\n+")
 _LABEL = re.compile(r"^\s*(context|question|query|text|document|passage|q)\s*:\s*", re.I)
 _BOUNDARY = re.compile(r"^<<<INPUT-[0-9a-f]{16}>>>$", re.M)  # services.rag.prompt's markers
 _MMR_LAMBDA = 0.75

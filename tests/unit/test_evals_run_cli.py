@@ -101,6 +101,9 @@ def test_run_scores_caches_and_gates(server: ChatServer, tmp_path: Path) -> None
     report = json.loads((tmp_path / "a" / "report.json").read_text())
     assert report["metrics"]["squad_em"]["mean"] == pytest.approx(no_answer / LIMIT)
     assert report["items_total"] == LIMIT and report["model"] == "m" and report["suite_digest"]
+    splits = report["splits"]  # the official script's HasAns / NoAns split
+    assert splits["NoAns"]["squad_em"]["mean"] == 1.0 and splits["NoAns"]["squad_em"]["measured"] == no_answer
+    assert splits["HasAns"]["squad_em"]["mean"] == 0.0
     assert server.requests == LIMIT
     junit = ET.parse(tmp_path / "a" / "junit.xml").getroot()
     assert junit.get("tests") == "2" and junit.get("failures") == "0"

@@ -38,6 +38,13 @@ async def run(
 def test_split_sentences() -> None:
     assert split_sentences("One. Two! Three?\nFour") == ["One.", "Two!", "Three?", "Four"]
     assert split_sentences("  \n ") == []
+    # tokenized text (CNN/DailyMail as REALSumm ships it): a stop that is its own token ends a sentence
+    assert split_sentences("two cnn heroes are in nepal . and they struggle ! koirala said") == [
+        "two cnn heroes are in nepal .",
+        "and they struggle !",
+        "koirala said",
+    ]
+    assert split_sentences("the u.s. said no .") == ["the u.s. said no ."]
 
 
 async def test_answers_with_the_most_relevant_sentence_first(engine: ExtractiveEngine) -> None:
