@@ -114,6 +114,9 @@ def cmd_up(cfg: LLMOpsConfig, args: argparse.Namespace) -> int:
         )
         return 1
     signal.signal(signal.SIGTERM, raise_interrupt)
+    # A shell starts `cmd &` with SIGINT ignored, and Python then never raises KeyboardInterrupt:
+    # `kill -INT` (what the messages here tell people to send) would do nothing. Catch it always.
+    signal.signal(signal.SIGINT, raise_interrupt)
     record: RunRecord | None = None
     prometheus, rc = None, 0
     try:

@@ -93,6 +93,9 @@ def test_up_serves_then_stops_without_orphans(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # started the way a shell starts `llmops up &`: with SIGINT ignored, which Python
+        # inherits; the Ctrl-C below must stop it all the same
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
