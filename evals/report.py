@@ -1,4 +1,4 @@
-"""Reports of a scored run (``report.json``, ``junit.xml``) and the regression gate.
+"""Reports of a scored run (``report.json``, ``junit.xml``, ``report.html``) and the regression gate.
 
 **Gate.** For each metric with a threshold, the run is paired with the
 baseline's items by id and the per-item delta gets a paired bootstrap 95 % CI.
@@ -134,7 +134,10 @@ def junit_xml(report: dict[str, Any], gate_result: dict[str, Any]) -> str:
 
 def write_reports(out_dir: Path, report: dict[str, Any], gate_result: dict[str, Any]) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / "report.json", out_dir / "junit.xml"]
+    from evals.report_html import render_html
+
+    paths = [out_dir / "report.json", out_dir / "junit.xml", out_dir / "report.html"]
     paths[0].write_text(json.dumps({**report, "gate": gate_result}, indent=1) + "\n")
     paths[1].write_text(junit_xml(report, gate_result))
+    paths[2].write_text(render_html(report, gate_result))
     return paths

@@ -121,6 +121,9 @@ def test_run_scores_caches_and_gates(server: ChatServer, tmp_path: Path) -> None
     p = _run(server, tmp_path / "a", "--baseline", base, "--fail-on-regression")
     assert p.returncode == 1, p.stdout + p.stderr
     assert "FAILED: regressed by" in p.stdout
+    page = (tmp_path / "a" / "report.html").read_text()
+    assert "gate <span class=\"fail\">FAILED</span>" in page and "regressed by" in page
+    assert "<script" not in page and "src=" not in page and "href=" not in page  # self-contained
     gated = json.loads((tmp_path / "a" / "report.json").read_text())["gate"]
     assert gated["passed"] is False and gated["metrics"]["squad_em"]["delta"]["ci_high"] < 0
     # the same comparison without --fail-on-regression reports it but exits 0
@@ -130,10 +133,13 @@ def test_run_scores_caches_and_gates(server: ChatServer, tmp_path: Path) -> None
 def test_failed_requests_are_unmeasured_and_retried_next_run(server: ChatServer, tmp_path: Path) -> None:
     qa = list(items(load_suite("qa"), LIMIT))
     server.fail_questions = {qa[0].input, qa[1].input}
+    server.answers = {qa[2].input: "<script>alert(1)</script>"}
     p = _run(server, tmp_path / "r")
     assert p.returncode == 0, p.stderr
     m = json.loads((tmp_path / "r" / "report.json").read_text())["metrics"]["squad_em"]
     assert m["unmeasured"] == 2 and m["measured"] == LIMIT - 2  # not counted as wrong answers
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script" not in page  # answers are escaped
     sent = server.requests
     server.fail_questions = set()
     assert _run(server, tmp_path / "r").returncode == 0
