@@ -47,6 +47,13 @@ def qa_rows() -> list[dict[str, Any]]:
     ]
 
 
+def rag_rows() -> list[dict[str, Any]]:
+    """The answerable questions only, without their paragraph: a RAG model must retrieve it."""
+    return [
+        {k: r[k] for k in ("id", "question", "answers", "doc_id", "title")} for r in qa_rows() if r["answers"]
+    ]
+
+
 def summarize_rows() -> list[dict[str, Any]]:
     """The 100 REALSumm articles with their reference summaries (tags dropped, text as shipped)."""
     data = load_realsumm()
@@ -61,7 +68,7 @@ def summarize_rows() -> list[dict[str, Any]]:
 
 
 def main() -> None:
-    for name, rows in (("qa", qa_rows()), ("summarize", summarize_rows())):
+    for name, rows in (("qa", qa_rows()), ("rag", rag_rows()), ("summarize", summarize_rows())):
         print(f"{_write(name, rows)}: {len(rows)} records")
 
 

@@ -8,6 +8,7 @@ resuming are visible.
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import threading
@@ -122,7 +123,7 @@ def test_run_scores_caches_and_gates(server: ChatServer, tmp_path: Path) -> None
     assert p.returncode == 1, p.stdout + p.stderr
     assert "FAILED: regressed by" in p.stdout
     page = (tmp_path / "a" / "report.html").read_text()
-    assert "gate <span class=\"fail\">FAILED</span>" in page and "regressed by" in page
+    assert 'gate <span class="fail">FAILED</span>' in page and "regressed by" in page
     assert "<script" not in page and "src=" not in page and "href=" not in page  # self-contained
     gated = json.loads((tmp_path / "a" / "report.json").read_text())["gate"]
     assert gated["passed"] is False and gated["metrics"]["squad_em"]["delta"]["ci_high"] < 0
@@ -160,3 +161,19 @@ def test_bad_usage_exits_2_with_a_message(server: ChatServer, tmp_path: Path) ->
     bad.write_text(json.dumps({"suite": "summarize", "items": []}))
     p = _run(server, tmp_path / "x", "--baseline", str(bad))
     assert p.returncode == 2 and "report of suite 'summarize'" in p.stderr
+
+
+def test_citation_metrics_read_the_rag_response() -> None:
+    from evals.harness import Response, score_item
+    from evals.suite import MetricSpec
+
+    suite = load_suite("rag")
+    item = next(items(suite))
+    hit, prec = MetricSpec(name="citation_hit"), MetricSpec(name="context_precision")
+    cites = [{"doc_id": item.record["doc_id"]}, {"doc_id": "other-1"}, {"doc_id": "other-2"}, {"doc_id": "x"}]
+    r = Response(item.id, "h", "an answer", raw={"citations": cites})
+    assert score_item(hit, item, r) == 1.0 and score_item(prec, item, r) == 0.25
+    miss = Response(item.id, "h", "an answer", raw={"citations": cites[1:]})
+    assert score_item(hit, item, miss) == 0.0
+    plain = Response(item.id, "h", "an answer")  # not a RAG response: nothing to score
+    assert math.isnan(score_item(hit, item, plain)) and math.isnan(score_item(prec, item, plain))

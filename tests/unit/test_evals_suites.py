@@ -17,7 +17,7 @@ pytestmark = pytest.mark.unit
 
 def test_shipped_suites_load() -> None:
     names = {s.name: s for s in shipped_suites()}
-    assert {"qa", "summarize", "retrieval"} <= set(names)
+    assert {"qa", "rag", "summarize", "retrieval"} <= set(names)
     assert [m.key for m in names["qa"].metrics] == ["squad_em", "squad_f1"]
     assert all(s.attribution for s in names.values())
 
@@ -35,6 +35,13 @@ def test_qa_dataset_is_the_whole_half_set() -> None:
     assert data.paragraphs[0].text in msgs[1]["content"]
 
 
+def test_rag_dataset_is_the_answerable_questions_without_their_paragraph() -> None:
+    rag = list(items(load_suite("rag")))
+    assert len(rag) == 2910 and all(i.expected and not i.context for i in rag)
+    assert rag[0].record["doc_id"] == "normans-0"  # the id the sample corpus is ingested under
+    assert render(load_suite("rag"), rag[0]) == [{"role": "user", "content": rag[0].input}]
+
+
 def test_summarize_dataset_matches_realsumm() -> None:
     summ = list(items(load_suite("summarize")))
     data = load_realsumm()
@@ -46,7 +53,7 @@ def test_the_committed_datasets_are_what_build_makes(tmp_path: Path, monkeypatch
     committed = build.OUT
     monkeypatch.setattr(build, "OUT", tmp_path)
     build.main()
-    for name in ("qa", "summarize"):
+    for name in ("qa", "rag", "summarize"):
         assert (tmp_path / f"{name}.jsonl.gz").read_bytes() == (
             committed / f"{name}.jsonl.gz"
         ).read_bytes(), name
@@ -113,7 +120,7 @@ def test_a_prompt_slot_missing_from_the_record_is_named(tmp_path: Path) -> None:
 
 
 def test_unknown_suite_lists_the_shipped_ones() -> None:
-    with pytest.raises(SuiteError, match="one of: qa, retrieval, summarize"):
+    with pytest.raises(SuiteError, match="one of: qa, rag, retrieval, summarize"):
         load_suite("nope")
 
 
