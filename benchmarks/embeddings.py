@@ -80,24 +80,23 @@ BACKENDS = ("torch", "openvino")
 WAITS = (0.005, 0.0)
 
 
-def _p50_ms(fn: Callable[[], Any], n: int) -> float:
+def _median_s(fn: Callable[[], Any], n: int) -> float:
+    """Median seconds of ``n`` calls, after one warm-up call."""
     fn()
     times = []
     for _ in range(n):
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
+    return statistics.median(times)
+
+
+def _p50_ms(fn: Callable[[], Any], n: int) -> float:
+    return _median_s(fn, n) * 1e3
 
 
 def _rate(fn: Callable[[], Any], texts: int, n: int) -> float:
-    fn()
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return texts / statistics.median(times)
+    return texts / _median_s(fn, n)
 
 
 def in_process(reps: int, threads: int) -> dict[str, dict[str, float]]:

@@ -45,13 +45,13 @@ def torch_encoder() -> Encoder:
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("ov-cache")
+def cache(openvino_cache: Path) -> Path:
+    return openvino_cache
 
 
 @pytest.fixture(scope="module")
-def ov_f32(cache: Path) -> Encoder:
-    return Encoder(None, "cpu", "openvino", threads=1, cache_dir=cache, precision="f32")
+def ov_f32(openvino_f32: Encoder) -> Encoder:
+    return openvino_f32
 
 
 def test_openvino_reproduces_torch_vectors(torch_encoder: Encoder, ov_f32: Encoder) -> None:

@@ -42,14 +42,14 @@ class FakeEmbeddingHandle:
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("ov")
+def cache(openvino_cache: Path) -> Path:
+    return openvino_cache
 
 
 @pytest.fixture(scope="module")
-def encoder(cache: Path) -> Encoder:
+def encoder(openvino_f32: Encoder) -> Encoder:
     """What the embedding deployment runs: the same backend and precision as the replica's."""
-    return Encoder(None, "cpu", "openvino", threads=1, cache_dir=cache, precision="f32")
+    return openvino_f32
 
 
 def _server(
