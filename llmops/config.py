@@ -82,6 +82,9 @@ class LLMOpsConfig(ServicesConfig):
         log = data["monitoring"]["request_log"]
         if log["path"] != "-":
             log["path"] = str(Path(log["path"] or Path(self.data_dir) / "logs" / "requests.jsonl").resolve())
+        table = data["monitoring"]["inference_table"]
+        if not (table["path"] or "").count("://"):  # a local directory (URLs stay as they are)
+            table["path"] = str(Path(table["path"] or Path(self.data_dir) / "inference").resolve())
         return ServicesConfig.model_validate(data)
 
 

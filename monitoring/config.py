@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from monitoring.inference_table import InferenceTableConfig
 from monitoring.metrics import LATENCY_BUCKETS
 from monitoring.tracing import TracingConfig
 
 __all__ = [
+    "InferenceTableConfig",
     "MetricsConfig",
     "MonitoringConfig",
     "PrometheusConfig",
@@ -127,6 +129,10 @@ class MonitoringConfig(_StrictModel):
     )
     request_log: RequestLogConfig = Field(
         default_factory=RequestLogConfig, description="Structured JSON request log."
+    )
+    inference_table: InferenceTableConfig = Field(
+        default_factory=InferenceTableConfig,
+        description="Sampled, redacted request records (Parquet by hour) for continuous evaluation.",
     )
     slo: SloConfig = Field(default_factory=SloConfig, description="SLO objectives behind the alerts.")
     prometheus: PrometheusConfig = Field(

@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from monitoring.config import MonitoringConfig
+from monitoring.inference_table import InferenceTable
 from monitoring.request_log import RequestLog
 from monitoring.runtime import observability
 from services.errors import (
@@ -226,11 +227,13 @@ class Gateway:
             from services.usage.recorder import UsageRecorder
 
             recorder = UsageRecorder(usage.record.remote, usage_flush_interval_s)
+        table_cfg = mon.inference_table
         self.observer = GatewayObserver(
             mon,
             obs.metrics,
             RequestLog(log.path or "-") if log.enabled else None,
             recorder,
+            InferenceTable(table_cfg) if table_cfg.enabled and table_cfg.path else None,
         )
         api.state.observer = self.observer
         self._refresh = asyncio.create_task(self._refresh_gauges()) if obs.metrics is not None else None

@@ -29,11 +29,13 @@ from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from monitoring.config import MonitoringConfig
+from monitoring.inference_table import InferenceTable
 from monitoring.metrics import MetricSet, StageTimer
 from monitoring.redact import redact
 from monitoring.request_log import RequestLog
 from monitoring.tracing import carrier_of, start_span, trace_id_of
 from services.generation.protocol import GenerationStats, StageTimings
+from services.rag.types import RagMeta
 
 __all__ = [
     "GatewayObserver",
@@ -44,6 +46,8 @@ __all__ = [
 
 #: routes whose requests carry a model and tokens (counted in usage and cost)
 MODEL_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
+#: routes whose requests the inference table samples (prompt in, text out)
+GENERATION_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
 UNMATCHED = "unmatched"  # route label of paths no route matches (never the raw path)
 NO_MODEL = "none"
 
@@ -81,6 +85,10 @@ class RequestObservation:
     capture_text: bool = False
     prompt_text: str | None = None
     completion_text: str | None = None
+    #: the model's version and engine (from its deployment's info) and a RAG model's citations
+    version: str | None = None
+    engine: str | None = None
+    rag: RagMeta | None = None
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -131,11 +139,13 @@ class GatewayObserver:
         metrics: MetricSet | None,
         request_log: RequestLog | None = None,
         usage: Any = None,
+        table: InferenceTable | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics
         self.request_log = request_log
         self.usage = usage  # a UsageRecorder, or None
+        self.table = table
         self.include_prompts = config.request_log.include_prompts
         self._max_chars = config.request_log.max_text_chars
 
@@ -147,7 +157,11 @@ class GatewayObserver:
             kind=SpanKind.SERVER,
         )
         obs = RequestObservation(
-            request_id=request_id, route=route, span=span, capture_text=self.include_prompts
+            request_id=request_id,
+            route=route,
+            span=span,
+            # the inference table samples at the end, when model and tenant are known
+            capture_text=self.include_prompts or (self.table is not None and route in GENERATION_ROUTES),
         )
         if self.metrics is not None:
             self.metrics.request_started(route)
@@ -190,6 +204,39 @@ class GatewayObserver:
         span.end()
         if self.request_log is not None:
             self.request_log.write(self.record(obs, status, total))
+        if (
+            self.table is not None
+            and obs.route in GENERATION_ROUTES
+            and obs.model != NO_MODEL
+            and self.table.sampled(obs.request_id, obs.model, obs.tenant)
+        ):
+            self.table.write(self.table_record(obs, status, total))
+
+    def table_record(self, obs: RequestObservation, status: int, total: float) -> dict[str, Any]:
+        """The inference-table row (raw text: the table redacts it on its writer thread)."""
+        rag = obs.rag
+        return {
+            "request_id": obs.request_id,
+            "ts": obs.started_wall,
+            "tenant": obs.tenant,
+            "model": obs.model,
+            "version": obs.version,
+            "engine": obs.engine,
+            "route": obs.route,
+            "status": status,
+            "stream": obs.stream,
+            "prompt": obs.prompt_text,
+            "completion": obs.completion_text,
+            "chunk_ids": [c.chunk_id for c in rag.citations] if rag else [],
+            "chunk_texts": list(rag.texts) if rag else [],
+            "citations": [c.as_dict() for c in rag.citations] if rag else [],
+            "latency_ms": round(total * 1000, 3),
+            "ttft_ms": None if obs.ttft_s is None else round(obs.ttft_s * 1000, 3),
+            "prompt_tokens": obs.prompt_tokens,
+            "completion_tokens": obs.completion_tokens,
+            "cost_usd": obs.cost_usd,
+            "error": obs.error,
+        }
 
     def record(self, obs: RequestObservation, status: int, total: float) -> dict[str, Any]:
         """The request-log line: never the key, prompt text only if configured (redacted)."""
@@ -210,6 +257,7 @@ class GatewayObserver:
             "cost_usd": obs.cost_usd,
             "error": obs.error,
             "retry": obs.retry,
+            "version": obs.version,
         }
         if self.include_prompts:
             rec["prompt"] = self._text(obs.prompt_text)
@@ -224,6 +272,8 @@ class GatewayObserver:
     def close(self) -> None:
         if self.request_log is not None:
             self.request_log.close()
+        if self.table is not None:
+            self.table.close()
 
 
 def _route_paths(router: Any, prefix: str = "") -> Iterator[str]:

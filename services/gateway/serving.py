@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import Any
 
 from opentelemetry.trace import INVALID_SPAN
@@ -41,6 +42,16 @@ from services.generation.protocol import (
     TokenLogprob,
 )
 from services.rag.types import RagMeta
+
+
+def _platform_version() -> str:
+    try:
+        return metadata.version("llmops-platform")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+PLATFORM_VERSION = _platform_version()
 
 logger = logging.getLogger("llmops.gateway")
 
@@ -99,7 +110,15 @@ class OpenAIServing:
             "kind": info["kind"],
             "engine": info["engine"],
             "context_length": info["context_length"],
+            **{k: info[k] for k in ("version", "config_digest") if k in info},
+            "platform_version": PLATFORM_VERSION,
         }
+
+    def _describe(self, obs: RequestObservation) -> None:
+        """The model's version and engine on the observation (from its readiness answer)."""
+        info = (self.readiness.answers or {}).get(f"model {obs.model}") or {}
+        obs.version = info.get("version")
+        obs.engine = info.get("engine")
 
     def _generation_handle(self, model: str) -> Any:
         handle = self._gen.get(model)
@@ -123,6 +142,7 @@ class OpenAIServing:
     ) -> dict[str, Any] | AsyncIterator[str]:
         handle = self._generation_handle(req.model)
         obs = _observed(obs, request_id, req.model, req.stream)
+        self._describe(obs)
         messages = req.chat_messages()
         if obs.capture_text:
             obs.prompt_text = "\n".join(f"{m.role}: {m.content}" for m in messages)
@@ -172,6 +192,7 @@ class OpenAIServing:
     ) -> dict[str, Any] | AsyncIterator[str]:
         handle = self._generation_handle(req.model)
         obs = _observed(obs, request_id, req.model, req.stream)
+        self._describe(obs)
         params = req.sampling()
         prompts = req.prompts()
         if obs.capture_text:
@@ -297,7 +318,7 @@ def _collect(
     rag: RagMeta | None = None
     for ch in items:
         if isinstance(ch, RagMeta):
-            rag = ch
+            rag = obs.rag = ch
             continue
         if isinstance(ch, (GenerationStats, StageTimings)):
             obs.absorb(ch)

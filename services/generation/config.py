@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Annotated, Any, Literal
 
@@ -20,8 +21,22 @@ def check_model_name(v: str) -> str:
     return v
 
 
+VERSION_FIELD = Field(
+    "v1",
+    pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+    description="Version label of what is served under this name (metrics, request log, inference "
+    "table and evaluation reports carry it).",
+)
+
+
+def config_digest(config: StrictModel) -> str:
+    """A short digest of a model's config: two deployments with equal digests serve the same thing."""
+    return hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:16]
+
+
 class _ModelBase(StrictModel):
     name: str = Field(description="Model id clients send as 'model' (letters, digits, . _ : / -).")
+    version: str = VERSION_FIELD
     context_length: int | None = Field(
         None, ge=16, le=10_000_000, description="Prompt + completion token limit (default: the engine's own)."
     )

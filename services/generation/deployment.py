@@ -27,7 +27,7 @@ from monitoring.runtime import observability
 from monitoring.tracing import start_span
 from services.embeddings.config import EmbeddingModelConfig
 from services.errors import ContextLengthExceededError
-from services.generation.config import GenerationModelConfig
+from services.generation.config import GenerationModelConfig, config_digest
 from services.generation.engines import build_engine
 from services.generation.protocol import (
     ChatMessage,
@@ -68,6 +68,8 @@ class GenerationServer:
         return {
             "id": self.config.name,
             "kind": "chat",
+            "version": self.config.version,
+            "config_digest": config_digest(self.config),
             "engine": self.engine.kind,
             "context_length": self.engine.context_length,
             "supported_params": sorted(self.engine.supported_params),

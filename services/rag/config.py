@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 
 from services.deployment_config import DeploymentSettings, StrictModel
-from services.generation.config import check_model_name
+from services.generation.config import VERSION_FIELD, check_model_name
 
 DEFAULT_INSTRUCTIONS = (
     "You answer questions using only the numbered context passages provided. "
@@ -18,6 +18,7 @@ class RagModelConfig(StrictModel):
     """A chat model that retrieves from a collection, then generates with a generator model."""
 
     name: str = Field(description="Model id clients send as 'model', e.g. rag-docs.")
+    version: str = VERSION_FIELD
     collection: str = Field(description="Collection to retrieve from (under retrieval.collections).")
     generator: str = Field(description="Generation model (under 'models') that writes the answer.")
     top_k: int = Field(5, ge=1, le=100, description="Chunks retrieved per question.")

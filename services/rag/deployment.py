@@ -8,6 +8,7 @@ how many retrieved chunks the context budget dropped.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import AsyncGenerator
@@ -19,6 +20,7 @@ from ray import serve
 from monitoring.runtime import observability
 from monitoring.tracing import carrier_of, start_span
 from services.errors import InvalidRequestError
+from services.generation.config import config_digest
 from services.generation.protocol import (
     ChatMessage,
     GenerationChunk,
@@ -56,6 +58,11 @@ class RagServer:
         return {
             "id": self.config.name,
             "kind": "chat",
+            "version": self.config.version,
+            # what is served depends on the generator's config as much as on this one
+            "config_digest": hashlib.sha256(
+                (config_digest(self.config) + self._gen_info["config_digest"]).encode()
+            ).hexdigest()[:16],
             "engine": f"rag:{self._gen_info['engine']}",
             "context_length": self._gen_info["context_length"],
             "collection": self.config.collection,
@@ -93,6 +100,7 @@ class RagServer:
             ),
             chunks_retrieved=len(hits),
             chunks_dropped=fitted.dropped,
+            texts=tuple(h.chunk.text for h in fitted.hits),
         )
         # the search round trip and fitting the context count as retrieval; embedding does not
         timings = StageTimings(

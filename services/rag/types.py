@@ -31,3 +31,5 @@ class RagMeta:
     citations: tuple[Citation, ...]
     chunks_retrieved: int
     chunks_dropped: int
+    #: the cited chunks' texts, in citation order (for the inference table; never sent to clients)
+    texts: tuple[str, ...] = ()

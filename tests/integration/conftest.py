@@ -46,6 +46,12 @@ class Platform:
         return f"http://127.0.0.1:{self.config.monitoring.metrics.export_port}/metrics"
 
     @property
+    def inference_table(self) -> Path:
+        path = self.config.services().monitoring.inference_table.path
+        assert path is not None
+        return Path(path)
+
+    @property
     def request_log(self) -> Path:
         path = self.config.services().monitoring.request_log.path
         assert path is not None
@@ -128,6 +134,8 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
                 "metrics": {"export_port": free_port()},
                 "tracing": {"enabled": True, "otlp_endpoint": sink.endpoint},
                 "prometheus": {"port": free_port(), "scrape_interval_s": 1},
+                # every request but the load-test model's, written twice a second
+                "inference_table": {"flush_interval_s": 0.5, "rates": [{"model": FIXED_2, "rate": 0.0}]},
             },
             "usage": {"flush_interval_s": 0.5},
             "ray": {"num_cpus": 4},
