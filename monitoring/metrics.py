@@ -60,7 +60,10 @@ STAGES: tuple[str, ...] = ("auth", "guardrails", "embed", "retrieve", "generate"
 
 # The only label keys llmops metrics may use (never user ids or free text).
 LABELS: frozenset[str] = frozenset(
-    {"model", "route", "status", "stage", "tenant", "engine", "collection", "kind", "outcome"}
+    {
+        "model", "route", "status", "stage", "tenant", "engine", "collection", "kind", "outcome",
+        "version", "metric",
+    }
 )
 # ``llmops_build_info`` is the one exception: its labels carry the build.
 BUILD_INFO_LABELS: tuple[str, ...] = ("version", "python")
