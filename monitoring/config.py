@@ -18,6 +18,7 @@ __all__ = [
     "MetricsConfig",
     "MonitoringConfig",
     "PrometheusConfig",
+    "PushgatewayConfig",
     "RequestLogConfig",
     "SloConfig",
     "TracingConfig",
@@ -120,6 +121,38 @@ class PrometheusConfig(_StrictModel):
     )
 
 
+class PushgatewayConfig(_StrictModel):
+    """The Prometheus Pushgateway batch jobs push to (continuous evaluation).
+
+    `llmops up --with-prometheus` starts Debian's `prometheus-pushgateway` here beside
+    Prometheus and scrapes it with honor_labels; on Kubernetes, point `url` at the
+    cluster's Pushgateway.
+    """
+
+    host: str = Field("127.0.0.1", description="Address the local Pushgateway listens on.")
+    port: int = Field(9091, ge=1, le=65535, description="Port of the local Pushgateway.")
+    url: str | None = Field(
+        None,
+        max_length=2048,
+        pattern=r"^https?://",
+        description="Pushgateway batch jobs push to (default: http://<host>:<port>).",
+    )
+    job: str = Field(
+        "llmops-continuous-eval",
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="`job` label of the pushed continuous-evaluation metrics (alert rules select on it).",
+    )
+    binary: str = Field(
+        "prometheus-pushgateway", min_length=1, description="Pushgateway executable (name on PATH or a path)."
+    )
+
+    @property
+    def push_url(self) -> str:
+        return self.url or f"http://{self.host}:{self.port}"
+
+
 class MonitoringConfig(_StrictModel):
     """Metrics, tracing, request logs, SLOs and the optional local Prometheus."""
 
@@ -137,6 +170,10 @@ class MonitoringConfig(_StrictModel):
     slo: SloConfig = Field(default_factory=SloConfig, description="SLO objectives behind the alerts.")
     prometheus: PrometheusConfig = Field(
         default_factory=PrometheusConfig, description="Local Prometheus for `llmops up --with-prometheus`."
+    )
+    pushgateway: PushgatewayConfig = Field(
+        default_factory=PushgatewayConfig,
+        description="Pushgateway for batch-job metrics (continuous evaluation).",
     )
     runbook_base_url: str = Field(
         "https://github.com/llmops-dev/llmops/blob/main/monitoring/runbooks",
