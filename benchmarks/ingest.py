@@ -105,7 +105,8 @@ def pipeline_stage(corpus_name: str, backend: str, keep_dir: str | None = None) 
     ``keep_dir``: the data dir to ingest into and keep (default: a temporary one)."""
     from contextlib import nullcontext
 
-    from pipelines.ingest.pipeline import ensure_ray, run
+    from pipelines.ingest.pipeline import run
+    from pipelines.ray_env import ensure_ray
 
     where = nullcontext(keep_dir) if keep_dir else tempfile.TemporaryDirectory(prefix="llmops-ingest-bench-")
     with where as data_dir:

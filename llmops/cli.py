@@ -208,9 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
     from evals.cli import add_parser as add_eval
     from llmops.collections import add_parser as add_collections
     from llmops.platform import locate_platform
+    from pipelines.continuous_eval.cli import add_parser as add_pipeline
     from pipelines.ingest.cli import add_parser as add_ingest
 
     add_ingest(sub, load_config, locate_platform)
+    add_pipeline(sub, load_config)
     add_eval(sub, load_config=load_config)
     add_collections(sub, load_config)
 

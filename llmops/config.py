@@ -23,6 +23,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from pipelines.continuous_eval.config import ContinuousEvalConfig
 from services.config import ServicesConfig
 from services.deployment_config import StrictModel
 from services.local_ray import is_loopback
@@ -68,6 +69,10 @@ class LLMOpsConfig(ServicesConfig):
 
     data_dir: str = Field("./.llmops", min_length=1, description="Directory for data the platform writes.")
     ray: RayConfig = Field(default_factory=RayConfig, description="Local Ray start-up.")
+    continuous_eval: ContinuousEvalConfig = Field(
+        default_factory=ContinuousEvalConfig,
+        description="`llmops pipeline continuous-eval`: scoring sampled live traffic from the inference table.",
+    )
 
     def services(self) -> ServicesConfig:
         """The part the Serve application is built from, with local paths made absolute

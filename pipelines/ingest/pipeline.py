@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import math
 import time
 import warnings
@@ -34,6 +33,7 @@ from pipelines.ingest.sources import ReadResult, RowFields, read_documents
 from pipelines.ingest.stages import Chunker, Embedder, ids_digest, quarantined_row, validate_batch
 from pipelines.ingest.validate import QuarantineWriter, dedupe_ids, quarantine_path
 from pipelines.ingest.writer import StoreWriter
+from pipelines.ray_env import ensure_ray, quiet_ray_data
 from services.embeddings.config import EmbeddingModelConfig
 from services.retrieval.config import CollectionConfig
 from services.retrieval.store import VectorStore
@@ -118,48 +118,6 @@ def open_store(config: LLMOpsConfig, allow_legacy: bool = False) -> VectorStore:
         MigrationRequiredError: the embedded folder holds old-format collections (``--migrate``).
     """
     return _open_store(config.retrieval.vector_store, config.data_dir, allow_legacy=allow_legacy)
-
-
-def ensure_ray(config: LLMOpsConfig) -> bool:
-    """Join Ray if this process already has it, else start a quiet local cluster. True if started."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    kwargs: dict[str, Any] = {
-        "include_dashboard": False,
-        "log_to_driver": False,
-        "logging_level": logging.WARNING,
-    }
-    if config.ray.address:
-        ray.init(address=config.ray.address, **kwargs)
-        return True
-    from services.local_ray import start_local_ray
-
-    # loopback and token auth like the platform's cluster; the token lives only in this
-    # process' environment (this cluster ends with the command)
-    start_local_ray(
-        node_ip=config.ray.node_ip_address,
-        num_cpus=config.ray.num_cpus,
-        num_gpus=config.ray.num_gpus,
-        auth=config.ray.auth,
-        serve_hardening=False,
-        **kwargs,
-    )
-    return True
-
-
-def _quiet_ray_data() -> None:
-    from ray.data import DataContext
-
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = False  # ours is the one progress bar
-    ctx.enable_operator_progress_bars = False
-    ctx.print_on_execution_start = False
-    # Ray Data logs to its session file and to the console; keep the console to errors
-    for handler in logging.getLogger("ray.data").handlers:
-        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
-            handler.setLevel(logging.ERROR)
 
 
 def existing_digests(
@@ -307,7 +265,7 @@ def run(
             bar.update(task, description=coll.name)
             if docs:
                 ensure_ray(config)
-                _quiet_ray_data()
+                quiet_ray_data()
                 ds = build_dataset(config, coll, tenant, docs, existing, embed_actors, embed_batch_size)
                 for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
                     for i, kind in enumerate(batch["kind"]):

@@ -16,15 +16,13 @@ Batch ingestion (``pipelines.ingest``) adds the quarantine file on top.
 from __future__ import annotations
 
 import functools
-import logging
-import os
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
+from services.gx import batch_definition, expectation_name, failed_rows  # noqa: F401 (re-exported)
 from services.retrieval.config import CollectionConfig
 from services.retrieval.types import Document
 
@@ -32,8 +30,6 @@ NOT_NULL = "expect_column_values_to_not_be_null"
 LENGTH = "expect_column_value_lengths_to_be_between"
 UNIQUE = "expect_column_values_to_be_unique"
 METADATA_PREFIX = "metadata."
-
-_lock = threading.Lock()  # a GX context is not meant for concurrent validations
 
 
 @dataclass(frozen=True)
@@ -62,25 +58,8 @@ class QuarantineRecord:
         }
 
 
-def expectation_name(kind: str, column: str) -> str:
-    return f"{kind}({column})"
-
-
-# -- the GX context, once per process ---------------------------------------------------
-@functools.cache
 def _batch_definition() -> Any:
-    """An ephemeral GX context with one pandas dataframe asset; quiet."""
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    for name in ("great_expectations", "great_expectations.core", "great_expectations.datasource"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
-    context = gx.get_context(mode="ephemeral")
-    # the validator reads this to decide on its tqdm "Calculating Metrics" bars
-    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
-    asset = context.data_sources.add_pandas("llmops_ingest").add_dataframe_asset("documents")
-    return asset.add_batch_definition_whole_dataframe("batch")
+    return batch_definition("llmops_ingest", "documents")
 
 
 def _suite(collection: CollectionConfig) -> Any:
@@ -142,26 +121,7 @@ class DocumentValidator:
 
     def check_frame(self, frame: pd.DataFrame) -> list[list[str]]:
         """For each row of ``frame`` (see :func:`build_frame`), the expectations it broke."""
-        failed: list[list[str]] = [[] for _ in range(len(frame))]
-        if frame.empty:
-            return failed
-        frame = frame.reset_index(drop=True)
-        with _lock:
-            batch = self._batch_definition.get_batch(batch_parameters={"dataframe": frame})
-            result = batch.validate(self._suite, result_format="COMPLETE")
-        for r in result.results:
-            if r.success:
-                continue
-            cfg = r.expectation_config
-            name = expectation_name(cfg.type, str(cfg.kwargs.get("column")))
-            exc = (r.exception_info or {}).get("exception_message")
-            if exc:
-                # a broken expectation, not bad data: fail loudly rather than quarantine everything
-                raise RuntimeError(f"validation could not run {name}: {exc}")
-            for idx in r.result.get("unexpected_index_list") or []:
-                pos = int(idx["index"] if isinstance(idx, dict) else idx)
-                failed[pos].append(name)
-        return failed
+        return failed_rows(self._batch_definition, self._suite, frame)
 
     def validate(self, documents: Sequence[Document]) -> tuple[list[Document], list[QuarantineRecord]]:
         """Split ``documents`` into (valid, quarantined), keeping order."""
