@@ -111,6 +111,21 @@ def gate(suite: Suite, report: dict[str, Any], baseline: dict[str, Any] | None) 
     return _clean(out)
 
 
+#: what a run records about itself (report.json, junit.xml properties, report.html)
+RUN_FACTS = (
+    "model",
+    "url",
+    "engine",
+    "model_version",
+    "config_digest",
+    "server_platform_version",
+    "platform_version",
+    "suite_digest",
+    "items_total",
+    "items_failed",
+)
+
+
 def junit_xml(report: dict[str, Any], gate_result: dict[str, Any]) -> str:
     """One test case per metric; a failed gate is a failure naming why."""
     cases = gate_result["metrics"]
@@ -121,7 +136,7 @@ def junit_xml(report: dict[str, Any], gate_result: dict[str, Any]) -> str:
         failures=str(sum(1 for c in cases.values() if not c["passed"])),
     )
     props = ET.SubElement(suite_el, "properties")
-    for k in ("model", "url", "platform_version", "suite_digest", "items_total", "items_failed"):
+    for k in RUN_FACTS:
         ET.SubElement(props, "property", name=k, value=str(report.get(k)))
     for key, res in cases.items():
         m = report["metrics"][key]

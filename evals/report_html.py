@@ -12,6 +12,8 @@ import html
 import math
 from typing import Any
 
+from evals.report import RUN_FACTS
+
 BINS = 10
 WORST = 15
 _CSS = """
@@ -60,17 +62,7 @@ def _bar(value: float | None, width: int = 160) -> str:
 def render_html(report: dict[str, Any], gate_result: dict[str, Any]) -> str:
     keys = list(report["metrics"])
     facts = "".join(
-        f"<tr><th>{_e(k)}</th><td>{_e(report.get(k))}</td></tr>"
-        for k in (
-            "suite",
-            "model",
-            "url",
-            "platform_version",
-            "suite_digest",
-            "created",
-            "items_total",
-            "items_failed",
-        )
+        f"<tr><th>{_e(k)}</th><td>{_e(report.get(k))}</td></tr>" for k in ("suite", *RUN_FACTS, "created")
     )
     verdict = (
         '<span class="pass">passed</span>' if gate_result["passed"] else '<span class="fail">FAILED</span>'

@@ -91,6 +91,10 @@ async def _run(args: argparse.Namespace, suite: Any, baseline: dict[str, Any] | 
             )
 
     try:
+        card = await _model_card(client, args.model)
+        if card is None:
+            print(f"error: {url} serves no model {args.model!r} (see GET /v1/models)", file=sys.stderr)
+            return 2
         responses = await generate(
             client, suite, args.model, out, limit=args.limit, concurrency=args.concurrency, progress=progress
         )
@@ -111,6 +115,7 @@ async def _run(args: argparse.Namespace, suite: Any, baseline: dict[str, Any] | 
         "model": args.model,
         "url": url,
         "platform_version": platform_version(),
+        **card,
         "suite_digest": suite_digest(suite),
         "limit": args.limit,
         "judge_model": args.judge_model,
@@ -126,3 +131,25 @@ async def _run(args: argparse.Namespace, suite: Any, baseline: dict[str, Any] | 
         print(f"{key:12s} {mean}{ci}  n={m['measured']} unmeasured={m['unmeasured']}{verdict}")
     print(f"{len(responses)} items, {failed} failed requests; wrote {', '.join(str(p) for p in paths)}")
     return 1 if args.fail_on_regression and not result["passed"] else 0
+
+
+async def _model_card(client: Any, model: str) -> dict[str, Any] | None:
+    """What the server says it runs under ``model`` (engine, version, config digest, its platform
+    version); empty for a server without ``GET /v1/models/{id}``; None when the model is unknown."""
+    import openai
+
+    try:
+        card = await client.models.retrieve(model)
+    except openai.NotFoundError as e:
+        body = e.body if isinstance(e.body, dict) else {}
+        code = (body.get("error") or body).get("code") if isinstance(body, dict) else None
+        return None if code == "model_not_found" else {}
+    except openai.APIError:
+        return {}
+    extra = card.model_extra or {}
+    return {
+        "engine": extra.get("engine"),
+        "model_version": extra.get("version"),
+        "config_digest": extra.get("config_digest"),
+        "server_platform_version": extra.get("platform_version"),
+    }

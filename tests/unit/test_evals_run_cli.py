@@ -38,6 +38,19 @@ class ChatServer:
             def log_message(self, *a: Any) -> None:
                 pass
 
+            def do_GET(self) -> None:
+                if self.path == "/v1/models/m":
+                    card = {"id": "m", "object": "model", "created": 0, "owned_by": "llmops"}
+                    extra = {"engine": "extractive", "version": "v7", "config_digest": "abcd1234abcd1234"}
+                    self._send(200, {**card, **extra, "platform_version": "9.9.9"})
+                else:
+                    err = {
+                        "message": "no such model",
+                        "type": "invalid_request_error",
+                        "code": "model_not_found",
+                    }
+                    self._send(404, {"error": err})
+
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 outer.requests += 1
@@ -102,6 +115,9 @@ def test_run_scores_caches_and_gates(server: ChatServer, tmp_path: Path) -> None
     report = json.loads((tmp_path / "a" / "report.json").read_text())
     assert report["metrics"]["squad_em"]["mean"] == pytest.approx(no_answer / LIMIT)
     assert report["items_total"] == LIMIT and report["model"] == "m" and report["suite_digest"]
+    # what the server says it runs under the name
+    assert report["engine"] == "extractive" and report["model_version"] == "v7"
+    assert report["config_digest"] == "abcd1234abcd1234" and report["server_platform_version"] == "9.9.9"
     splits = report["splits"]  # the official script's HasAns / NoAns split
     assert splits["NoAns"]["squad_em"]["mean"] == 1.0 and splits["NoAns"]["squad_em"]["measured"] == no_answer
     assert splits["HasAns"]["squad_em"]["mean"] == 0.0
@@ -161,6 +177,20 @@ def test_bad_usage_exits_2_with_a_message(server: ChatServer, tmp_path: Path) ->
     bad.write_text(json.dumps({"suite": "summarize", "items": []}))
     p = _run(server, tmp_path / "x", "--baseline", str(bad))
     assert p.returncode == 2 and "report of suite 'summarize'" in p.stderr
+    unknown = [
+        LLMOPS,
+        "eval",
+        "run",
+        "qa",
+        "--model",
+        "nope",
+        "--url",
+        server.url,
+        "--out",
+        str(tmp_path / "u"),
+    ]
+    p = subprocess.run(unknown, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "serves no model 'nope'" in p.stderr and server.requests == 0
 
 
 def test_citation_metrics_read_the_rag_response() -> None:
