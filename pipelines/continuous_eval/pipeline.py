@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -230,14 +231,19 @@ class ContinuousEval:
         ensure_ray(self.root)
         quiet_ray_data()
         ray.data.DataContext.get_current().execution_options.preserve_order = True
-        ds = ray.data.from_pandas(records[columns].reset_index(drop=True)).map_batches(
-            Scorer,
-            fn_constructor_kwargs=scorer_args,
-            batch_size=cfg.batch_size,
-            batch_format="pandas",
-            compute=ray.data.ActorPoolStrategy(size=1),
-            num_cpus=1,
-        )
+        # max_restarts=0 as in ingestion: a dead actor fails the run (a re-run resumes it), and
+        # Ray's default makes the core worker log an error line per actor (ray#53727)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
+            ds = ray.data.from_pandas(records[columns].reset_index(drop=True)).map_batches(
+                Scorer,
+                fn_constructor_kwargs=scorer_args,
+                batch_size=cfg.batch_size,
+                batch_format="pandas",
+                compute=ray.data.ActorPoolStrategy(size=1),
+                num_cpus=1,
+                max_restarts=0,
+            )
         yield from ds.iter_batches(batch_size=cfg.batch_size, batch_format="pandas")
 
     def _finish(self, p: _Pending, judge: Any, summary: RunSummary) -> None:

@@ -68,6 +68,17 @@ class ExtractiveModelConfig(_ModelBase):
     min_similarity: float = Field(
         0.05, ge=-1, le=1, description="Sentences scoring below this cosine similarity are never selected."
     )
+    # summaries: a sentence scores cos(sentence, centroid) + weight * exp(-position / decay);
+    # tuned on a dev half of REALSumm by `python -m evals.tune_extractive` (README: Evaluation)
+    summary_position_weight: float = Field(
+        1.0, ge=0, le=10, description="Summaries: weight of the lead-position prior (0: centroid only)."
+    )
+    summary_position_decay: float = Field(
+        12.0, gt=0, le=1000, description="Summaries: sentences over which the position prior decays by 1/e."
+    )
+    summary_mmr_lambda: float = Field(
+        0.75, ge=0, le=1, description="Summaries: MMR trade-off (1: relevance only, lower: less redundancy)."
+    )
 
 
 class TransformersModelConfig(_ModelBase):

@@ -8,7 +8,8 @@ question) instead of generating new text:
   similarity of all-MiniLM-L6-v2 embeddings, with maximal marginal relevance so a
   near-duplicate of a chosen sentence is not picked twice; most relevant first;
 * **summarisation** (the request asks to summarise / for a summary / tl;dr) — the
-  sentences closest to the centroid of the whole text, again with MMR, in
+  sentences closest to the centroid of the whole text plus a lead-position prior
+  (tuned on a dev half of REALSumm: ``python -m evals.tune_extractive``), in
   document order.
 
 Output streams sentence by sentence. With no context to choose from, it says so
@@ -89,17 +90,28 @@ def _split_request(messages: Sequence[ChatMessage], passages: Sequence[str] | No
     return _Task(query=query, context=context, summarise=summarise)
 
 
-def _mmr(relevance: np.ndarray, sims: np.ndarray, k: int, floor: float) -> list[int]:
+def _mmr(
+    relevance: np.ndarray, sims: np.ndarray, k: int, floor: float, lam: float = _MMR_LAMBDA
+) -> list[int]:
     """Maximal marginal relevance: relevant, but not redundant with what is chosen."""
     chosen: list[int] = []
     candidates = [i for i in range(len(relevance)) if relevance[i] >= floor]
     while candidates and len(chosen) < k:
         redundancy = sims[np.ix_(candidates, chosen)].max(axis=1) if chosen else np.zeros(len(candidates))
-        scores = _MMR_LAMBDA * relevance[candidates] - (1 - _MMR_LAMBDA) * redundancy
+        scores = lam * relevance[candidates] - (1 - lam) * redundancy
         best = candidates[int(np.argmax(scores))]  # argmax takes the first on ties: deterministic
         chosen.append(best)
         candidates.remove(best)
     return chosen
+
+
+def summary_sentences(emb: np.ndarray, k: int, weight: float, decay: float, lam: float) -> list[int]:
+    """Indices (in document order) of a ``k``-sentence summary: closeness to the text's centroid plus
+    a lead prior ``weight * exp(-position / decay)`` (news puts the gist first: LEAD-3 is strong)."""
+    centroid = emb.mean(axis=0)
+    centroid /= np.linalg.norm(centroid) or 1.0
+    relevance = emb @ centroid + weight * np.exp(-np.arange(len(emb)) / decay)
+    return sorted(_mmr(relevance, emb @ emb.T, k, floor=-np.inf, lam=lam))
 
 
 class ExtractiveEngine:
@@ -155,10 +167,13 @@ class ExtractiveEngine:
         enc = self.encoder
         if task.summarise:
             emb = enc.encode(sentences)
-            centroid = emb.mean(axis=0)
-            centroid /= np.linalg.norm(centroid) or 1.0
-            relevance = emb @ centroid
-            chosen = sorted(_mmr(relevance, emb @ emb.T, k, floor=-1.0))
+            chosen = summary_sentences(
+                emb,
+                k,
+                self.config.summary_position_weight,
+                self.config.summary_position_decay,
+                self.config.summary_mmr_lambda,
+            )
         else:
             vecs = enc.encode([task.query or " ", *sentences])
             q, emb = vecs[0], vecs[1:]

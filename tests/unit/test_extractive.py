@@ -102,3 +102,17 @@ async def test_completion_prompt(engine: ExtractiveEngine) -> None:
     )
     chunks = [c async for c in engine.generate(req)]
     assert chunks[0].text.startswith("Wet tropical forests")
+
+
+def test_summary_defaults_are_what_the_committed_tuning_chose() -> None:
+    """The engine's summary_* defaults come from `python -m evals.tune_extractive` (dev half only)."""
+    import json
+    from pathlib import Path
+
+    from services.generation.config import ExtractiveModelConfig
+
+    runs = sorted(Path(__file__).resolve().parents[2].glob("benchmarks/results/extractive-summary-tuning-*.json"))
+    assert runs, "no committed tuning run"
+    chosen = json.loads(runs[-1].read_text())["chosen"]
+    defaults = ExtractiveModelConfig(name="x", engine="extractive")
+    assert {k: getattr(defaults, k) for k in chosen} == chosen
