@@ -9,7 +9,8 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
 # Debian's prometheus package: promtool for the rule tests, prometheus for the
-# real-Prometheus query test and `llmops up --with-prometheus`.
+# real-Prometheus query test and `llmops up --with-prometheus`; prometheus-pushgateway
+# for the continuous-eval metrics (the same test and `llmops up --with-prometheus`).
 APT_GET := $(if $(filter 0,$(shell id -u)),apt-get,sudo apt-get)
 
 .PHONY: install prometheus up test test-unit test-integration test-gpu lint bench clean
@@ -24,8 +25,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 prometheus:
-	command -v promtool >/dev/null && command -v prometheus >/dev/null || \
-	  ($(APT_GET) update -q && DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -q --no-install-recommends prometheus)
+	command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v prometheus-pushgateway >/dev/null || \
+	  ($(APT_GET) update -q && DEBIAN_FRONTEND=noninteractive $(APT_GET) install -y -q --no-install-recommends prometheus prometheus-pushgateway)
 
 ## start the platform on its embedded defaults (configs/local.yaml); ARGS="--port 9000" etc.
 up: $(STAMP)

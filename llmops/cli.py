@@ -173,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--with-prometheus",
         action="store_true",
         help="also start a local Prometheus (Debian's `prometheus`) scraping the platform, "
-        "with the alert rules loaded; prints its URL",
+        "with the alert rules loaded, and a Pushgateway (Debian's `prometheus-pushgateway`) "
+        "for continuous-eval metrics, which it scrapes too; prints both URLs",
     )
     up.add_argument(
         "--sample-corpus",

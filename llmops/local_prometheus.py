@@ -1,10 +1,14 @@
-"""A local Prometheus scraping the platform, with the llmops alert rules loaded.
+"""A local Prometheus scraping the platform, with the llmops alert rules loaded, and the
+Pushgateway batch jobs push to.
 
 Used by ``llmops up --with-prometheus`` and by the integration test that checks every
-dashboard and rule query against real data. It runs Debian's ``prometheus`` binary
-(``apt-get install prometheus``) on loopback, with its data under
-``<data_dir>/prometheus``; the rules are generated from the config's SLOs, so they
-are the same rules ``monitoring/alerts/llmops.yaml`` holds for the default config.
+dashboard and rule query against real data. They run Debian's ``prometheus`` and
+``prometheus-pushgateway`` binaries (``make prometheus``) on loopback, with their data
+under ``<data_dir>/prometheus`` and ``<data_dir>/pushgateway``; the rules are generated
+from the config's SLOs, so they are the same rules ``monitoring/alerts/llmops.yaml`` holds
+for the default config. Prometheus scrapes the Pushgateway with ``honor_labels: true``:
+pushed series keep their own ``job`` (``monitoring.pushgateway.job``), which the
+continuous-evaluation rules select on.
 """
 
 from __future__ import annotations
@@ -20,7 +24,16 @@ import yaml
 
 from monitoring.config import MonitoringConfig
 
-__all__ = ["LocalPrometheus", "PrometheusNotInstalledError"]
+__all__ = [
+    "PUSHGATEWAY_JOB",
+    "LocalPrometheus",
+    "LocalPushgateway",
+    "PrometheusNotInstalledError",
+    "PushgatewayNotInstalledError",
+]
+
+#: scrape job of the Pushgateway itself (its own metrics and ``up``); pushed series keep theirs
+PUSHGATEWAY_JOB = "pushgateway"
 
 
 def _die_with_parent() -> None:
@@ -39,8 +52,105 @@ class PrometheusNotInstalledError(RuntimeError):
     """The ``prometheus`` executable is not on PATH."""
 
 
-class LocalPrometheus:
-    """One Prometheus process: :meth:`start`, query through :attr:`url`, :meth:`stop`."""
+class PushgatewayNotInstalledError(RuntimeError):
+    """The ``prometheus-pushgateway`` executable is not on PATH."""
+
+
+class _Process:
+    """A child server on loopback: started with :func:`_die_with_parent`, ready when
+    ``<url>/-/ready`` answers 200, stopped with SIGTERM (then SIGKILL)."""
+
+    name = "process"
+    log_name = "process.log"
+
+    def __init__(self, directory: Path, url: str) -> None:
+        self.dir, self.url = directory, url
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def _spawn(self, argv: list[str], ready_timeout_s: float) -> str:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.dir / self.log_name
+        with log_path.open("ab") as log:
+            self._proc = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+            )
+        deadline = time.monotonic() + ready_timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with code {self._proc.returncode}; see {log_path}")
+            try:
+                if httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200:
+                    return self.url
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"{self.name} was not ready within {ready_timeout_s:.0f}s")
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+class LocalPushgateway(_Process):
+    """One Pushgateway process on ``monitoring.pushgateway.host:port`` (or ``port``).
+
+    Its groups are kept in memory and persisted to ``<data_dir>/pushgateway/metrics.db``
+    (every minute and on SIGTERM), so a restarted platform still shows the last
+    pushed state instead of nothing.
+    """
+
+    name = "prometheus-pushgateway"
+    log_name = "pushgateway.log"
+
+    def __init__(
+        self, monitoring: MonitoringConfig, data_dir: str | Path, *, port: int | None = None
+    ) -> None:
+        self.config = monitoring
+        self.host = monitoring.pushgateway.host
+        self.port = port or monitoring.pushgateway.port
+        #: what Prometheus scrapes and batch jobs push to (``push_state(state, url, job)``)
+        self.address = f"{self.host}:{self.port}"
+        super().__init__(Path(data_dir).resolve() / "pushgateway", f"http://{self.address}")
+
+    def binary(self) -> str:
+        found = shutil.which(self.config.pushgateway.binary)
+        if found is None:
+            raise PushgatewayNotInstalledError(
+                f"'{self.config.pushgateway.binary}' is not installed; on Debian/Ubuntu: "
+                "sudo apt-get install prometheus-pushgateway"
+            )
+        return found
+
+    def command(self) -> list[str]:
+        return [
+            self.binary(),
+            f"--web.listen-address={self.address}",
+            # Debian's default is /var/lib/prometheus/pushgateway.data: keep it under data_dir
+            f"--persistence.file={self.dir / 'metrics.db'}",
+            "--persistence.interval=1m",
+        ]
+
+    def start(self, ready_timeout_s: float = 30.0) -> str:
+        """Start the Pushgateway and wait until it is ready; returns its URL."""
+        return self._spawn(self.command(), ready_timeout_s)
+
+
+class LocalPrometheus(_Process):
+    """One Prometheus process: :meth:`start`, query through :attr:`url`, :meth:`stop`.
+
+    ``pushgateway`` (``host:port``) adds a scrape job for it with ``honor_labels: true``.
+    """
+
+    name = "prometheus"
+    log_name = "prometheus.log"
 
     def __init__(
         self,
@@ -49,16 +159,16 @@ class LocalPrometheus:
         *,
         metrics_target: str | None = None,
         port: int | None = None,
+        pushgateway: str | None = None,
     ) -> None:
         self.config = monitoring
-        # absolute: Prometheus resolves relative rule_files against its config file's folder
-        self.dir = Path(data_dir).resolve() / "prometheus"
         self.target = metrics_target or f"127.0.0.1:{monitoring.metrics.export_port}"
+        self.pushgateway = pushgateway
         self.host = monitoring.prometheus.host
         self.port = port or monitoring.prometheus.port
-        self.url = f"http://{self.host}:{self.port}"
+        # absolute: Prometheus resolves relative rule_files against its config file's folder
+        super().__init__(Path(data_dir).resolve() / "prometheus", f"http://{self.host}:{self.port}")
         self.rules_file = self.dir / "llmops-rules.yaml"
-        self._proc: subprocess.Popen[bytes] | None = None
 
     def binary(self) -> str:
         found = shutil.which(self.config.prometheus.binary)
@@ -76,15 +186,23 @@ class LocalPrometheus:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.rules_file.write_text(render_rules(self.config))
         interval = f"{self.config.prometheus.scrape_interval_s:g}s"
+        jobs: list[dict[str, Any]] = [
+            {"job_name": self.config.metrics.job, "static_configs": [{"targets": [self.target]}]}
+        ]
+        if self.pushgateway:
+            # honor_labels: pushed series keep job=<pushgateway.job> (the rules select on
+            # it) instead of being relabelled job="pushgateway" by the scrape
+            jobs.append(
+                {
+                    "job_name": PUSHGATEWAY_JOB,
+                    "honor_labels": True,
+                    "static_configs": [{"targets": [self.pushgateway]}],
+                }
+            )
         scrape: dict[str, Any] = {
             "global": {"scrape_interval": interval, "evaluation_interval": interval},
             "rule_files": [str(self.rules_file)],
-            "scrape_configs": [
-                {
-                    "job_name": self.config.metrics.job,
-                    "static_configs": [{"targets": [self.target]}],
-                }
-            ],
+            "scrape_configs": jobs,
         }
         path = self.dir / "prometheus.yml"
         path.write_text(yaml.safe_dump(scrape, sort_keys=False))
@@ -94,45 +212,14 @@ class LocalPrometheus:
         """Start Prometheus and wait until it is ready; returns its URL."""
         binary = self.binary()
         config = self.write_config()
-        log = (self.dir / "prometheus.log").open("ab")
-        self._proc = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={self.dir / 'data'}",
-                f"--web.listen-address={self.host}:{self.port}",
-                "--storage.tsdb.retention.time=7d",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
-        )
-        log.close()
-        deadline = time.monotonic() + ready_timeout_s
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise RuntimeError(
-                    f"prometheus exited with code {self._proc.returncode}; see {self.dir / 'prometheus.log'}"
-                )
-            try:
-                if httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200:
-                    return self.url
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"prometheus was not ready within {ready_timeout_s:.0f}s")
-
-    def stop(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        argv = [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={self.dir / 'data'}",
+            f"--web.listen-address={self.host}:{self.port}",
+            "--storage.tsdb.retention.time=7d",
+        ]
+        return self._spawn(argv, ready_timeout_s)
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         """Evaluate an instant query; raises ``RuntimeError`` with Prometheus' message on error."""

@@ -95,6 +95,10 @@ def _wanted_ports(
             cfg.monitoring.prometheus.host,
             cfg.monitoring.prometheus.port,
         )
+        wanted["monitoring.pushgateway.port"] = (
+            cfg.monitoring.pushgateway.host,
+            cfg.monitoring.pushgateway.port,
+        )
     return wanted
 
 
@@ -118,7 +122,8 @@ def cmd_up(cfg: LLMOpsConfig, args: argparse.Namespace) -> int:
     # `kill -INT` (what the messages here tell people to send) would do nothing. Catch it always.
     signal.signal(signal.SIGINT, raise_interrupt)
     record: RunRecord | None = None
-    prometheus, rc = None, 0
+    local_monitoring: list[Any] = []  # the Pushgateway and Prometheus, in start order
+    rc = 0
     try:
         cleaned, problem = _clean_previous(cfg, console)
         ports = InternalPorts.resolve(cfg)
@@ -174,8 +179,8 @@ def cmd_up(cfg: LLMOpsConfig, args: argparse.Namespace) -> int:
         )
         extra = []
         if args.with_prometheus:
-            prometheus, line = _start_prometheus(cfg)
-            extra.append(line)
+            local_monitoring, lines = _start_prometheus(cfg)
+            extra.extend(lines)
         if args.sample_corpus:
             seeded = seed_sample_corpus(cfg, url)
             if seeded:
@@ -207,7 +212,7 @@ def cmd_up(cfg: LLMOpsConfig, args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if record is not None:
-            _stop(record, prometheus, console)
+            _stop(record, local_monitoring, console)
         lock.release()
     return rc
 
@@ -234,13 +239,13 @@ def _start_reaper(record: RunRecord) -> None:
     )
 
 
-def _stop(record: RunRecord, prometheus: Any, console: Console) -> None:
+def _stop(record: RunRecord, local_monitoring: list[Any], console: Console) -> None:
     t0 = time.monotonic()
     record.status = "stopping"
     record.write()
     _start_reaper(record)
-    if prometheus is not None:
-        prometheus.stop()
+    for process in reversed(local_monitoring):  # Prometheus, then the Pushgateway it scrapes
+        process.stop()
     stop_platform()
     left = leftover_processes(record.run_id, record.ray_session_dir)
     if left:  # Ray did not take them down with it (HAProxy, a stuck worker)
@@ -377,13 +382,31 @@ def _monitoring_lines(cfg: LLMOpsConfig, url: str) -> list[str]:
     return lines
 
 
-def _start_prometheus(cfg: LLMOpsConfig) -> tuple[Any, str]:
-    """Start the local Prometheus; returns it (or None) and a banner line."""
-    from llmops.local_prometheus import LocalPrometheus
+def _start_prometheus(cfg: LLMOpsConfig) -> tuple[list[Any], list[str]]:
+    """Start the Pushgateway and the local Prometheus scraping it and the platform.
 
-    prom = LocalPrometheus(cfg.monitoring, cfg.data_dir)
+    Returns what started (stop it in reverse order) and the banner lines. Either may fail
+    to start (not installed, say) without stopping the platform: its line says why.
+    """
+    from llmops.local_prometheus import LocalPrometheus, LocalPushgateway
+
+    started: list[Any] = []
+    mon = cfg.monitoring
+    pushgateway, scraped = LocalPushgateway(mon, cfg.data_dir), None
+    try:
+        pushgateway.start()
+        started.append(pushgateway)
+        scraped = pushgateway.address
+        push_line = (
+            f"  pushgateway     {pushgateway.url}   (continuous-eval metrics, job {mon.pushgateway.job})"
+        )
+    except RuntimeError as exc:  # PushgatewayNotInstalledError is one
+        push_line = f"  pushgateway     not started: {exc}"
+    prom = LocalPrometheus(mon, cfg.data_dir, pushgateway=scraped)
     try:
         prom_url = prom.start()
+        started.append(prom)
+        prom_line = f"  prometheus      {prom_url}   (alert rules: {prom.rules_file})"
     except RuntimeError as exc:  # PrometheusNotInstalledError is one
-        return None, f"  prometheus      not started: {exc}"
-    return prom, f"  prometheus      {prom_url}   (alert rules: {prom.rules_file})"
+        prom_line = f"  prometheus      not started: {exc}"
+    return started, [prom_line, push_line]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from monitoring.eval_metrics import EVAL_SCORE_BUCKETS
 from monitoring.inference_table import InferenceTableConfig
 from monitoring.metrics import LATENCY_BUCKETS
 from monitoring.tracing import TracingConfig
@@ -19,6 +20,7 @@ __all__ = [
     "MonitoringConfig",
     "PrometheusConfig",
     "PushgatewayConfig",
+    "QualitySloConfig",
     "RequestLogConfig",
     "SloConfig",
     "TracingConfig",
@@ -71,6 +73,55 @@ class RequestLogConfig(_StrictModel):
     )
 
 
+class QualitySloConfig(_StrictModel):
+    """The quality SLO over continuous evaluation's scores of sampled live requests.
+
+    A scored request is good when its ``metric`` score is above ``threshold``; the
+    quality burn-rate alerts (per model) are generated from this.
+    """
+
+    metric: str = Field(
+        "answer_relevance",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[a-z][a-z0-9_]*$",
+        description="The continuous-evaluation metric (`metric` label of llmops_eval_score) the SLO reads.",
+    )
+    threshold: float = Field(
+        0.3,
+        gt=0,
+        lt=1,
+        description="A request whose score is at most this is bad; must be a bucket bound of "
+        "llmops_eval_score below 1.",
+    )
+    objective: float = Field(
+        0.9,
+        gt=0.5,
+        lt=1,
+        description="Fraction of scored requests whose score must be above the threshold (over 30 days).",
+    )
+    min_scored_requests: int = Field(
+        20,
+        ge=1,
+        le=1_000_000,
+        description="Scored requests a burn-rate window must hold before its ratio can fire an alert "
+        "(fewer: inconclusive, never a page).",
+    )
+
+    @field_validator("threshold")
+    @classmethod
+    def _on_bucket(cls, v: float) -> float:
+        # The SLO counts scores in the histogram bucket le=<threshold>: any other value
+        # could only be guessed by interpolation, and 1.0 would count every score as bad.
+        bounds = [b for b in EVAL_SCORE_BUCKETS if b < 1]
+        if v not in bounds:
+            raise ValueError(
+                f"Got {v} for slo.quality.threshold; it must be one of the llmops_eval_score bucket "
+                f"bounds below 1: {bounds}"
+            )
+        return v
+
+
 class SloConfig(_StrictModel):
     """Service level objectives; the burn-rate alerts in monitoring/alerts are generated from these."""
 
@@ -93,6 +144,10 @@ class SloConfig(_StrictModel):
         le=600,
         description="The TTFT a request must beat to count as good; must be a bucket bound of "
         "llmops_time_to_first_token_seconds.",
+    )
+    quality: QualitySloConfig = Field(
+        default_factory=QualitySloConfig,
+        description="Quality SLO over continuous evaluation's scores (quality burn-rate alerts).",
     )
 
     @field_validator("ttft_threshold_seconds")
@@ -185,8 +240,14 @@ class MonitoringConfig(_StrictModel):
 
     @model_validator(mode="after")
     def _ports_differ(self) -> MonitoringConfig:
-        if self.metrics.export_port == self.prometheus.port:
-            raise ValueError(
-                f"metrics.export_port and prometheus.port are both {self.prometheus.port}; use two ports"
-            )
+        ports = {
+            "metrics.export_port": self.metrics.export_port,
+            "prometheus.port": self.prometheus.port,
+            "pushgateway.port": self.pushgateway.port,
+        }
+        names = list(ports)
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                if ports[a] == ports[b]:
+                    raise ValueError(f"{a} and {b} are both {ports[a]}; use different ports")
         return self

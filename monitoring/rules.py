@@ -1,13 +1,16 @@
 """Prometheus recording and alerting rules, generated from the monitoring config.
 
 ``monitoring/alerts/llmops.yaml`` is this module's output for the default
-:class:`~monitoring.config.MonitoringConfig`; regenerate it after changing this file::
+:class:`~monitoring.config.MonitoringConfig`; regenerate it after changing the rules::
 
     python -m monitoring.rules                      # defaults -> monitoring/alerts/llmops.yaml
     python -m monitoring.rules --config prod.yaml -o - # a deployment's SLOs, to stdout
 
-What is generated (every expression selects ``job="<metrics.job>"`` and aggregates away
-the per-replica labels Ray adds: ``WorkerId``, ``NodeAddress``, ...):
+The rules live in three modules over a shared kit (:mod:`monitoring.rules_kit`: the rule
+model, burn-rate windows, formatting); this one composes and renders them.
+
+:mod:`monitoring.rules_slo` — every expression selects ``job="<metrics.job>"`` and
+aggregates away the per-replica labels Ray adds (``WorkerId``, ``NodeAddress``, ...):
 
 * **SLI recording rules**, error ratios over 5m, 30m, 1h, 2h, 6h, 1d and 3d:
   ``llmops:slo_availability_errors:ratio_rate<w>`` (5xx / all requests on the API routes
@@ -19,9 +22,15 @@ the per-replica labels Ray adds: ``WorkerId``, ``NodeAddress``, ...):
   30m ratios exceed 6x; ticket when 1d and 2h exceed 3x or 3d and 6h exceed 1x.
   An objective below about 0.93 makes the 14.4x threshold exceed 1 (that alert can then
   never fire).
-* **Symptom and cause alerts**: a 5xx spike per route and model, generation queue
-  saturation, unhealthy Serve replicas, an unhealthy Serve deployment, a missing scrape
-  target.
+
+:mod:`monitoring.rules_serving` — **symptom and cause alerts**: a 5xx spike per route and
+model, generation queue saturation, unhealthy Serve replicas, an unhealthy Serve
+deployment, a missing scrape target.
+
+:mod:`monitoring.rules_quality` — over continuous evaluation's metrics on the Pushgateway
+(``job="<pushgateway.job>"``): the quality SLO per model (``slo.quality``; windows of 30m
+and more, since the job pushes every few minutes), prompt drift, a stale job, a high
+quarantine share, an exhausted judge budget.
 
 Every alert has ``for``, ``labels.severity`` (``critical`` pages, ``warning`` is a
 ticket), and ``summary``/``description``/``runbook_url`` annotations; the runbooks are
@@ -43,13 +52,15 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from monitoring import rules_quality, rules_serving, rules_slo
 from monitoring.config import MonitoringConfig
+from monitoring.rules_kit import PAGE_WINDOWS, TICKET_WINDOWS, BurnWindow, Group, le_label
+from monitoring.rules_slo import SLI_WINDOWS
 
 __all__ = [
     "ALERTS",
@@ -71,424 +82,18 @@ HEADER = (
 )
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "alerts" / "llmops.yaml"
 
-# Windows the SLI error ratios are recorded over (every window a burn-rate alert uses).
-SLI_WINDOWS: tuple[str, ...] = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
+#: every alert, in the order of the rule file
+ALERTS: tuple[str, ...] = (*rules_slo.ALERTS, *rules_serving.ALERTS, *rules_quality.ALERTS)
 
 
-@dataclass(frozen=True)
-class BurnWindow:
-    """One burn-rate condition: both windows' error ratios above ``factor`` x budget."""
-
-    long: str
-    short: str
-    factor: float
-    # How long the 30-day budget lasts at this burn rate (for the descriptions).
-    budget_gone_in: str
-
-
-# Google SRE workbook, "Alerting on SLOs", multiwindow multi-burn-rate alerts (30-day SLO):
-# 14.4x for 1h spends 2% of the budget, 6x for 6h 5%, 3x for 1d 10%, 1x for 3d 10%.
-PAGE_WINDOWS: tuple[BurnWindow, ...] = (
-    BurnWindow("1h", "5m", 14.4, "about 2 days"),
-    BurnWindow("6h", "30m", 6.0, "5 days"),
-)
-TICKET_WINDOWS: tuple[BurnWindow, ...] = (
-    BurnWindow("1d", "2h", 3.0, "10 days"),
-    BurnWindow("3d", "6h", 1.0, "30 days"),
-)
-
-# The API routes the availability SLO covers (not /healthz, /readyz, /metrics: readiness
-# probes answer 503 by design while a replica starts).
-API_ROUTES = "/v1/.*"
-# LLMOpsErrorSpike: 5xx share of one route and model over 5m, and the least traffic
-# (requests/s, = 30 requests in 5m) for it to count, so 1 failure in 2 requests never pages.
-ERROR_SPIKE_RATIO = 0.05
-ERROR_SPIKE_MIN_RPS = 0.1
-# LLMOpsQueueSaturated: p95 queue time above this share of the TTFT target means waiting
-# alone uses up half of the target: the model needs more capacity (replicas), not a faster engine.
-QUEUE_P95_SHARE_OF_TTFT = 0.5
-# ray_serve_deployment_status values at or below this are failures (DEPLOY_FAILED=1,
-# UNHEALTHY=2; UNKNOWN=0 for minutes is just as wrong).
-DEPLOYMENT_STATUS_UNHEALTHY = 2
-
-AVAILABILITY_FAST = "LLMOpsAvailabilityBudgetBurnFast"
-AVAILABILITY_SLOW = "LLMOpsAvailabilityBudgetBurnSlow"
-TTFT_FAST = "LLMOpsTTFTBudgetBurnFast"
-TTFT_SLOW = "LLMOpsTTFTBudgetBurnSlow"
-ERROR_SPIKE = "LLMOpsErrorSpike"
-QUEUE_SATURATED = "LLMOpsQueueSaturated"
-REPLICA_UNHEALTHY = "LLMOpsReplicaUnhealthy"
-DEPLOYMENT_UNHEALTHY = "LLMOpsDeploymentUnhealthy"
-TARGET_DOWN = "LLMOpsTargetDown"
-
-ALERTS: tuple[str, ...] = (
-    AVAILABILITY_FAST,
-    AVAILABILITY_SLOW,
-    TTFT_FAST,
-    TTFT_SLOW,
-    ERROR_SPIKE,
-    QUEUE_SATURATED,
-    REPLICA_UNHEALTHY,
-    DEPLOYMENT_UNHEALTHY,
-    TARGET_DOWN,
-)
-
-# Prometheus alert template snippets (kept out of f-strings' brace syntax).
-_VALUE_PCT = "{{ $value | humanizePercentage }}"
-_VALUE_DURATION = "{{ $value | humanizeDuration }}"
-_VALUE = "{{ $value }}"
-
-
-def _label(name: str) -> str:
-    return "{{ $labels." + name + " }}"
-
-
-# --- formatting helpers -----------------------------------------------------------------
-
-
-def _num(x: float) -> str:
-    """A number as PromQL/YAML text without float noise: 0.005, 14.4, 6 (not 6.0)."""
-    x = round(float(x), 12)
-    return str(int(x)) if x.is_integer() else repr(x)
-
-
-def le_label(bound: float) -> str:
-    """The ``le`` label value Ray exports for a histogram bound: ``2.0`` -> ``"2.0"``.
-
-    Ray's OpenTelemetry Prometheus exporter writes bounds with Python's ``str(float)``
-    (Prometheus 3 normalizes ``le`` to the same float form on ingestion).
-    """
-    return repr(float(bound))
-
-
-def _pct(x: float) -> str:
-    """0.995 -> '99.5%'."""
-    return f"{_num(x * 100)}%"
-
-
-# --- rule model ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Rule:
-    """One rule plus the YAML comment rendered above it (not part of the rule itself)."""
-
-    body: dict[str, Any]
-    comment: str = ""
-
-
-@dataclass(frozen=True)
-class _Group:
-    name: str
-    rules: list[_Rule] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "rules": [r.body for r in self.rules]}
-
-
-def _alert(
-    name: str,
-    expr: str,
-    *,
-    for_: str,
-    severity: str,
-    summary: str,
-    description: str,
-    base_url: str,
-    labels: dict[str, str] | None = None,
-    comment: str = "",
-) -> _Rule:
-    return _Rule(
-        {
-            "alert": name,
-            "expr": expr,
-            "for": for_,
-            "labels": {"severity": severity, **(labels or {})},
-            "annotations": {
-                "summary": summary,
-                "description": description,
-                "runbook_url": f"{base_url}/{name}.md",
-            },
-        },
-        comment,
-    )
-
-
-# --- SLIs -----------------------------------------------------------------------------
-
-
-_API_MATCHER = 'route=~"' + API_ROUTES + '"'
-_5XX_MATCHER = 'status=~"5.."'
-
-
-def _sel(job: str, *matchers: str) -> str:
-    return "{" + ",".join((f'job="{job}"', *matchers)) + "}"
-
-
-def _availability_ratio(job: str, window: str, by: str = "") -> str:
-    """5xx / all requests on the API routes; 0 (not empty) when no 5xx series exists yet."""
-    api = _sel(job, _API_MATCHER)
-    api_5xx = _sel(job, _API_MATCHER, _5XX_MATCHER)
-    total = f"sum{by}(rate(ray_llmops_requests_total{api}[{window}]))"
-    bad = f"sum{by}(rate(ray_llmops_requests_total{api_5xx}[{window}]))"
-    return f"(\n  {bad}\n  or\n  0 * {total}\n)\n/\n{total}"
-
-
-def _ttft_ratio(job: str, window: str, threshold: float) -> str:
-    """Requests slower than the threshold to the first token / all, from the histogram."""
-    count = f"sum(rate(ray_llmops_time_to_first_token_seconds_count{_sel(job)}[{window}]))"
-    at_threshold = _sel(job, 'le="' + le_label(threshold) + '"')
-    good = f"sum(rate(ray_llmops_time_to_first_token_seconds_bucket{at_threshold}[{window}]))"
-    return f"(\n  {count}\n  -\n  {good}\n)\n/\n{count}"
-
-
-def _record_name(sli: str, window: str) -> str:
-    return f"llmops:slo_{sli}_errors:ratio_rate{window}"
-
-
-def _sli_group(config: MonitoringConfig) -> _Group:
-    job, slo = config.metrics.job, config.slo
-    rules: list[_Rule] = []
-    for i, window in enumerate(SLI_WINDOWS):
-        rules.append(
-            _Rule(
-                {"record": _record_name("availability", window), "expr": _availability_ratio(job, window)},
-                "Availability SLI: share of API requests (routes /v1/...) answered with a 5xx.\n"
-                "`bad or 0 * total`: before the first 5xx there is no 5xx series at all; this\n"
-                "yields 0 instead of no data while there is traffic."
-                if i == 0
-                else "",
-            )
-        )
-    for i, window in enumerate(SLI_WINDOWS):
-        rules.append(
-            _Rule(
-                {
-                    "record": _record_name("ttft", window),
-                    "expr": _ttft_ratio(job, window, slo.ttft_threshold_seconds),
-                },
-                f"TTFT SLI: share of requests whose time to first token exceeded "
-                f"{_num(slo.ttft_threshold_seconds)} s:\n"
-                f'(all - those in bucket le="{le_label(slo.ttft_threshold_seconds)}") / all. '
-                f'Ray exports bounds as Python floats (le="2.0", never le="2"),\n'
-                f"so this selector must match exactly; the threshold is a bucket bound (config validates it)."
-                if i == 0
-                else "",
-            )
-        )
-    return _Group("llmops-slo-sli.rules", rules)
-
-
-# --- SLO burn-rate alerts ---------------------------------------------------------------
-
-
-def _burn_expr(sli: str, budget: float, windows: Sequence[BurnWindow]) -> str:
-    branches = []
-    for w in windows:
-        threshold = f"({_num(w.factor)} * {_num(budget)})"
-        branches.append(
-            f"(\n  {_record_name(sli, w.long)} > {threshold}\n"
-            f"  and\n  {_record_name(sli, w.short)} > {threshold}\n)"
-        )
-    return "\nor\n".join(branches)
-
-
-def _burn_alerts(config: MonitoringConfig) -> _Group:
-    slo, base = config.slo, config.runbook_base_url.rstrip("/")
-    rules: list[_Rule] = []
-    specs = (
-        (
-            "availability",
-            "Availability",
-            slo.availability_objective,
-            "of API requests failed with a 5xx",
-            f"API requests (routes /v1/...) must not fail with a 5xx in "
-            f"{_pct(slo.availability_objective)} of cases over 30 days",
-            (AVAILABILITY_FAST, AVAILABILITY_SLOW),
-        ),
-        (
-            "ttft",
-            "TTFT",
-            slo.ttft_objective,
-            f"of generation requests took longer than {_num(slo.ttft_threshold_seconds)} s to the first token",
-            f"{_pct(slo.ttft_objective)} of generation requests must get their first token within "
-            f"{_num(slo.ttft_threshold_seconds)} s over 30 days",
-            (TTFT_FAST, TTFT_SLOW),
-        ),
-    )
-    for sli, title, objective, bad_text, objective_text, (fast, slow) in specs:
-        budget = round(1 - objective, 12)
-        for name, windows, severity, for_, kind in (
-            (fast, PAGE_WINDOWS, "critical", "2m", "fast"),
-            (slow, TICKET_WINDOWS, "warning", "15m", "slow"),
-        ):
-            conditions = " or ".join(
-                f"{w.long} and {w.short} ratios > {_num(w.factor)}x budget ({_num(w.factor * budget)})"
-                for w in windows
-            )
-            gone = " / ".join(f"{w.budget_gone_in} ({_num(w.factor)}x)" for w in windows)
-            comment = (
-                f"{title} SLO, {kind} burn (multiwindow, multi-burn-rate; Google SRE workbook).\n"
-                f"Error budget = 1 - {_num(objective)} = {_num(budget)}. Fires when the {conditions}:\n"
-                f"the long window proves the burn is significant, the short one that it is still going on."
-            )
-            description = (
-                f"{_VALUE_PCT} {bad_text} over the last {windows[0].long} or {windows[1].long} "
-                f"(the long window of the burning condition). Objective: {objective_text}; "
-                f"error budget {_pct(budget)}. At this burn rate the whole 30-day budget is gone in "
-                f"{gone}."
-            )
-            rules.append(
-                _alert(
-                    name,
-                    _burn_expr(sli, budget, windows),
-                    for_=for_,
-                    severity=severity,
-                    labels={"slo": sli},
-                    summary=f"{title} error budget burning {kind}: "
-                    + " or ".join(f"> {_num(w.factor)}x over {w.long}" for w in windows),
-                    description=description,
-                    base_url=base,
-                    comment=comment,
-                )
-            )
-    return _Group("llmops-slo-burn.alerts", rules)
-
-
-# --- symptom and cause alerts ---------------------------------------------------------
-
-
-def _serving_alerts(config: MonitoringConfig) -> _Group:
-    job, base = config.metrics.job, config.runbook_base_url.rstrip("/")
-    by = " by (route, model) "
-    total = f"sum{by}(rate(ray_llmops_requests_total{_sel(job, _API_MATCHER)}[5m]))"
-    spike_expr = (
-        "(\n"
-        + "\n".join("  " + line for line in _availability_ratio(job, "5m", by).splitlines())
-        + f"\n) > {_num(ERROR_SPIKE_RATIO)}\nand\n{total} > {_num(ERROR_SPIKE_MIN_RPS)}"
-    )
-    queue_threshold = config.slo.ttft_threshold_seconds * QUEUE_P95_SHARE_OF_TTFT
-    queue_expr = (
-        "histogram_quantile(\n  0.95,\n"
-        f"  sum by (model, le) (rate(ray_llmops_queue_time_seconds_bucket{_sel(job)}[5m]))\n"
-        f") > {_num(queue_threshold)}"
-    )
-    replica_expr = (
-        f"sum by (application, deployment) (\n  1 - ray_serve_deployment_replica_healthy{_sel(job)}\n) > 0"
-    )
-    status_expr = (
-        f"max by (application, deployment) (ray_serve_deployment_status{_sel(job)})"
-        f" <= {DEPLOYMENT_STATUS_UNHEALTHY}"
-    )
-    up = f"up{_sel(job)}"
-    target_expr = f"{up} == 0\nor\nabsent({up})"
-    route, model = _label("route"), _label("model")
-    app, deployment = _label("application"), _label("deployment")
-    return _Group(
-        "llmops-serving.alerts",
-        [
-            _alert(
-                ERROR_SPIKE,
-                spike_expr,
-                for_="5m",
-                severity="critical",
-                summary=f"{route} ({model}) answers {_VALUE_PCT} of requests with a 5xx",
-                description=(
-                    f"{_VALUE_PCT} of requests to {route} for model {model} failed with a 5xx over the "
-                    f"last 5 minutes (threshold {_pct(ERROR_SPIKE_RATIO)}, at more than "
-                    f"{_num(ERROR_SPIKE_MIN_RPS)} requests/s). One route or model can be broken while the "
-                    "platform-wide availability SLO still looks fine."
-                ),
-                base_url=base,
-                comment=(
-                    "5xx share per route and model over 5m, only where the route sees more than\n"
-                    f"{_num(ERROR_SPIKE_MIN_RPS)} req/s (30 requests in 5m), so 1 failure in 2 requests never "
-                    "pages.\nThe `or 0 *` fallback keeps the ratio defined (0) before the first 5xx."
-                ),
-            ),
-            _alert(
-                QUEUE_SATURATED,
-                queue_expr,
-                for_="10m",
-                severity="warning",
-                summary=f"Requests for {model} wait {_VALUE_DURATION} (p95) before generation starts",
-                description=(
-                    f"The p95 queue time of model {model} (gateway and engine queues, before its engine "
-                    f"starts on a request) has been {_VALUE_DURATION} for 10 minutes, above "
-                    f"{_num(queue_threshold)} s ({_num(QUEUE_P95_SHARE_OF_TTFT * 100)}% of the "
-                    f"{_num(config.slo.ttft_threshold_seconds)} s TTFT target). The model lacks capacity; "
-                    "the TTFT SLO burns next."
-                ),
-                base_url=base,
-                comment=(
-                    "Saturation: p95 of llmops_queue_time_seconds (time before the engine starts on a\n"
-                    "request: Serve's router queue plus the engine's waiting queue) per model. It is the\n"
-                    "user-visible part of both queues, comparable across engines, unlike raw queue lengths\n"
-                    "(engine_requests_waiting, serve_deployment_queued_queries: see the runbook)."
-                ),
-            ),
-            _alert(
-                REPLICA_UNHEALTHY,
-                replica_expr,
-                for_="5m",
-                severity="warning",
-                summary=f"{_VALUE} replica(s) of Serve deployment {deployment} unhealthy",
-                description=(
-                    f"{_VALUE} replica(s) of deployment {deployment} (application {app}) have failed "
-                    "their health check or been stopping for 5 minutes; capacity is reduced. For "
-                    "generation-<model> deployments the health check is the engine's (model loaded, "
-                    "scheduler running)."
-                ),
-                base_url=base,
-                comment=(
-                    "ray_serve_deployment_replica_healthy is 1 per healthy replica, 0 while a replica fails\n"
-                    "its health check or is stopping; a stopped replica's series disappears ~20 s later\n"
-                    "(rollouts and downscaling show 0s only briefly: `for` filters them out).\n"
-                    "sum(1 - healthy) counts unhealthy replicas and is 0, not empty, when all is well."
-                ),
-            ),
-            _alert(
-                DEPLOYMENT_UNHEALTHY,
-                status_expr,
-                for_="5m",
-                severity="critical",
-                summary=f"Serve deployment {deployment} is unhealthy or failed to deploy",
-                description=(
-                    f"Ray Serve reports deployment {deployment} of application {app} in status "
-                    f"{_VALUE} (0 UNKNOWN, 1 DEPLOY_FAILED, 2 UNHEALTHY) for 5 minutes: replicas keep "
-                    "failing to start or to pass health checks, and requests to it fail or queue."
-                ),
-                base_url=base,
-                comment=(
-                    "ray_serve_deployment_status: 0 UNKNOWN, 1 DEPLOY_FAILED, 2 UNHEALTHY, 3 UPDATING,\n"
-                    "4 UPSCALING, 5 DOWNSCALING, 6 HEALTHY (one series per deployment, from the Serve\n"
-                    "controller; max() hides a stale series left by a restarted controller)."
-                ),
-            ),
-            _alert(
-                TARGET_DOWN,
-                target_expr,
-                for_="5m",
-                severity="critical",
-                summary=f'Prometheus cannot scrape job "{job}" (Ray metrics endpoint)',
-                description=(
-                    "{{ if $labels.instance }}Scrape target " + _label("instance") + f' of job "{job}" '
-                    "has been down for 5 minutes.{{ else }}"
-                    f'Prometheus has had no scrape target of job "{job}" for 5 minutes (service '
-                    "discovery lost it).{{ end }} Every other llmops alert is blind while this fires."
-                ),
-                base_url=base,
-                comment=(
-                    "Ray's metrics endpoint (one per node) is down, or the job has no target at all\n"
-                    "(absent(): service discovery lost it, e.g. a renamed ServiceMonitor)."
-                ),
-            ),
-        ],
-    )
-
-
-def _groups(config: MonitoringConfig) -> list[_Group]:
-    return [_sli_group(config), _burn_alerts(config), _serving_alerts(config)]
+def _groups(config: MonitoringConfig) -> list[Group]:
+    return [
+        rules_slo.sli_group(config),
+        rules_slo.burn_group(config),
+        rules_serving.serving_group(config),
+        rules_quality.quality_sli_group(config),
+        rules_quality.quality_alerts_group(config),
+    ]
 
 
 # --- public API -------------------------------------------------------------------------
@@ -497,8 +102,10 @@ def _groups(config: MonitoringConfig) -> list[_Group]:
 def build_rules(config: MonitoringConfig) -> dict[str, Any]:
     """The Prometheus rule file for ``config`` as a dict (``{"groups": [...]}``).
 
-    Uses ``config.slo`` (objectives and the TTFT threshold), ``config.metrics.job`` (the
-    ``job`` label every expression selects) and ``config.runbook_base_url``.
+    Uses ``config.slo`` (objectives, the TTFT threshold, the quality SLO),
+    ``config.metrics.job`` (the ``job`` label of the platform's series),
+    ``config.pushgateway.job`` (that of continuous evaluation's pushed series) and
+    ``config.runbook_base_url``.
     """
     return {"groups": [g.as_dict() for g in _groups(config)]}
 

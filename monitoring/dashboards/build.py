@@ -8,7 +8,9 @@ Queries follow ``monitoring/METRICS.md``: exported (``ray_``-prefixed) names, al
 aggregated with ``sum by (...)`` (Ray adds per-process labels), quantiles from
 ``_bucket`` (Ray's histogram ``_sum`` is an estimate), totals from counters. Every
 query uses the ``$datasource`` variable, filters by ``$model``/``$tenant`` where the
-metric has that label, and uses ``$__rate_interval`` for rate windows.
+metric has that label, and uses ``$__rate_interval`` for rate windows — except the
+Quality dashboard (:mod:`monitoring.dashboards.quality`), whose pushed series change
+once per push and take a fixed 30-minute window.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from monitoring.dashboards.kit import (
     stat_panel,
     timeseries_panel,
 )
+from monitoring.dashboards.quality import quality
 
 __all__ = ["OUT_DIR", "build_all", "main", "render"]
 
@@ -425,6 +428,7 @@ def build_all() -> dict[str, dict[str, Any]]:
         "latency-by-stage.json": latency_by_stage(),
         "rag-retrieval.json": rag_retrieval(),
         "cost.json": cost(),
+        "quality.json": quality(),
     }
 
 

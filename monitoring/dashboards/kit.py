@@ -2,7 +2,8 @@
 
 Every panel and query points at the ``$datasource`` variable; every dashboard carries
 the ``datasource``, ``model`` and ``tenant`` variables, the ``llmops`` tag and a link
-menu to the other llmops dashboards. Used by :mod:`monitoring.dashboards.build`.
+menu to the other llmops dashboards. Used by :mod:`monitoring.dashboards.build` and
+:mod:`monitoring.dashboards.quality`.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from grafana_foundation_sdk.models import prometheus as prometheus_m
 __all__ = [
     "DATASOURCE",
     "MODEL",
+    "MODEL_VALUES",
     "NO_RESULTS",
     "RATE",
     "TENANT",
+    "TENANT_VALUES",
     "Panel",
     "Section",
     "bargauge_panel",
@@ -44,6 +47,9 @@ DATASOURCE = dashboard_m.DataSourceRef(type_val="prometheus", uid="${datasource}
 RATE = "[$__rate_interval]"
 MODEL = 'model=~"$model"'
 TENANT = 'tenant=~"$tenant"'
+# where the model and tenant variables take their values from (the serving dashboards)
+MODEL_VALUES = "label_values(ray_llmops_requests_total, model)"
+TENANT_VALUES = "label_values(ray_llmops_cost_usd_total, tenant)"
 # Ray needs positive bucket bounds, so zero results land in le="0.5" (COUNT_BUCKETS in
 # monitoring/metrics.py); Ray 2.60 formats bounds as "0.5", "1.0", ..., "+Inf".
 NO_RESULTS = 'le="0.5"'
@@ -60,23 +66,28 @@ def sel(metric: str, *matchers: str) -> str:
     return f"{metric}{{{', '.join(matchers)}}}" if matchers else metric
 
 
-def rate(metric: str, by: str, *matchers: str) -> str:
+def rate(metric: str, by: str, *matchers: str, window: str = RATE) -> str:
     """Per-second rate summed over Ray's per-process series."""
-    return f"sum by ({by}) (rate({sel(metric, *matchers)}{RATE}))"
+    return f"sum by ({by}) (rate({sel(metric, *matchers)}{window}))"
 
 
-def quantile(q: float, histogram: str, by: Sequence[str], *matchers: str) -> str:
+def quantile(q: float, histogram: str, by: Sequence[str], *matchers: str, window: str = RATE) -> str:
     """``q``-quantile of a histogram from its exact ``_bucket`` series."""
     labels = ", ".join(("le", *by))
-    return f"histogram_quantile({q}, sum by ({labels}) (rate({sel(histogram + '_bucket', *matchers)}{RATE})))"
+    return (
+        f"histogram_quantile({q}, sum by ({labels}) (rate({sel(histogram + '_bucket', *matchers)}{window})))"
+    )
 
 
 def quantiles(
-    qs: Sequence[float], histogram: str, by: Sequence[str], *matchers: str
+    qs: Sequence[float], histogram: str, by: Sequence[str], *matchers: str, window: str = RATE
 ) -> list[tuple[str, str]]:
     """One (expr, legend) per quantile: legend ``p50`` or ``{{label}} p50``."""
     prefix = " ".join(f"{{{{{label}}}}}" for label in by)
-    return [(quantile(q, histogram, by, *matchers), f"{prefix} p{round(q * 100)}".strip()) for q in qs]
+    return [
+        (quantile(q, histogram, by, *matchers, window=window), f"{prefix} p{round(q * 100)}".strip())
+        for q in qs
+    ]
 
 
 # --- panel helpers ----------------------------------------------------------------
@@ -204,7 +215,17 @@ def _query_variable(name: str, label: str, query: str) -> dashboard_b.QueryVaria
     )
 
 
-def dashboard(uid: str, title: str, description: str, sections: Sequence[Section]) -> dict[str, Any]:
+def dashboard(
+    uid: str,
+    title: str,
+    description: str,
+    sections: Sequence[Section],
+    *,
+    model_values: str = MODEL_VALUES,
+    tenant_values: str = TENANT_VALUES,
+    time_from: str = "now-1h",
+    refresh: str = "30s",
+) -> dict[str, Any]:
     board = (
         dashboard_b.Dashboard(title)
         .uid(uid)
@@ -212,8 +233,8 @@ def dashboard(uid: str, title: str, description: str, sections: Sequence[Section
         .tags(TAGS)
         .editable()
         .timezone("browser")
-        .time("now-1h", "now")
-        .refresh("30s")
+        .time(time_from, "now")
+        .refresh(refresh)
         .tooltip(dashboard_m.DashboardCursorSync.CROSSHAIR)
         .link(
             dashboard_b.DashboardLink("llmops dashboards")
@@ -224,8 +245,8 @@ def dashboard(uid: str, title: str, description: str, sections: Sequence[Section
             .keep_time(True)
         )
         .with_variable(dashboard_b.DatasourceVariable("datasource").label("Data source").type("prometheus"))
-        .with_variable(_query_variable("model", "Model", "label_values(ray_llmops_requests_total, model)"))
-        .with_variable(_query_variable("tenant", "Tenant", "label_values(ray_llmops_cost_usd_total, tenant)"))
+        .with_variable(_query_variable("model", "Model", model_values))
+        .with_variable(_query_variable("tenant", "Tenant", tenant_values))
     )
     panel_id = 0
     for row_title, panels in sections:

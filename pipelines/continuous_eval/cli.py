@@ -3,7 +3,7 @@
 Scores what the gateway's inference table gained since the last run (exactly
 once: see :mod:`pipelines.continuous_eval.checkpoint`), writes the scores table,
 pushes the metrics to the Pushgateway and computes drift. ``--every`` repeats it
-until SIGINT/SIGTERM, which stop it between two commits.
+until SIGINT/SIGTERM, which stop it once the run under way has finished.
 
 Exit status: 0 done; 2 bad config or input; 3 scored and committed, but the
 metrics could not be pushed (they are pushed whole on the next run).

@@ -66,13 +66,14 @@ def test_up_serves_then_stops_without_orphans(tmp_path: Path) -> None:
     """Ctrl-C with the local Prometheus; SIGTERM, SIGKILL and the group's Ctrl-C under load
     are in test_cli_hardening.py."""
     sig = signal.SIGINT
-    port, metrics_port, prom_port = free_port(), free_port(), free_port()
+    port, metrics_port, prom_port, push_port = free_port(), free_port(), free_port(), free_port()
     url = f"http://127.0.0.1:{port}"
     env = {
         **os.environ,
         "LLMOPS_DATA_DIR": str(tmp_path / "data"),
         "LLMOPS_MONITORING__METRICS__EXPORT_PORT": str(metrics_port),
         "LLMOPS_MONITORING__PROMETHEUS__PORT": str(prom_port),
+        "LLMOPS_MONITORING__PUSHGATEWAY__PORT": str(push_port),
     }
     # Ctrl-C also checks the local Prometheus: started, scraping, and stopped with the rest
     extra = ["--with-prometheus"] if sig == signal.SIGINT else []

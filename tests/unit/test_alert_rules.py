@@ -3,7 +3,8 @@
 The committed rule file must be what the generator writes, every alert must carry
 ``for``/severity/summary/description/runbook_url with a runbook on disk, ``promtool``
 must accept the rules and pass the unit tests in monitoring/alerts/tests, and the SLO
-config must drive the thresholds.
+config must drive the thresholds (the quality SLO's too, over continuous evaluation's
+metrics on the Pushgateway).
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from typing import Any
 import pytest
 import yaml
 
-from monitoring.config import MetricsConfig, MonitoringConfig, SloConfig
+from monitoring.config import MetricsConfig, MonitoringConfig, QualitySloConfig, SloConfig
+from monitoring.eval_metrics import EVAL_DEFINITIONS, EVAL_SCORE_BUCKETS, EvalState, registry_of
 from monitoring.rules import ALERTS, HEADER, SLI_WINDOWS, build_rules, le_label, main, render_rules
+from monitoring.rules_quality import QUALITY_WINDOWS
 from tests.fixtures.prometheus_tools import require
 
 pytestmark = pytest.mark.unit
@@ -69,7 +72,7 @@ def test_rendered_text_has_the_header_and_parses_to_build_rules() -> None:
 def test_alert_names_match_alerts_tuple() -> None:
     alerts = _alerts(build_rules(MonitoringConfig()))
     assert list(alerts) == list(ALERTS)
-    assert len(set(ALERTS)) == len(ALERTS) == 9
+    assert len(set(ALERTS)) == len(ALERTS) == 15
 
 
 def test_every_alert_has_for_severity_and_annotations_with_an_existing_runbook() -> None:
@@ -94,9 +97,11 @@ def test_recording_rules_cover_every_window_and_only_they_use_colons() -> None:
     doc = build_rules(MonitoringConfig())
     expected = {
         f"llmops:slo_{sli}_errors:ratio_rate{w}" for sli in ("availability", "ttft") for w in SLI_WINDOWS
-    }
+    } | {f"llmops:slo_quality_errors:ratio_rate{w}" for w in QUALITY_WINDOWS}
     assert set(_records(doc)) == expected
     assert SLI_WINDOWS == ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
+    # the eval job pushes every 5 minutes: no quality window shorter than 6 pushes
+    assert QUALITY_WINDOWS == ("30m", "2h", "6h", "1d", "3d")
     for name in _alerts(doc):
         assert ":" not in name
 
@@ -183,18 +188,129 @@ def test_non_default_slo_changes_thresholds() -> None:
 
 def test_job_and_runbook_base_url_come_from_the_config() -> None:
     cfg = MonitoringConfig.model_validate(
-        {"metrics": {"job": "llmops-prod"}, "runbook_base_url": "https://runbooks.example.com/llmops/"}
+        {
+            "metrics": {"job": "llmops-prod"},
+            "pushgateway": {"job": "eval-prod"},
+            "runbook_base_url": "https://runbooks.example.com/llmops/",
+        }
     )
     doc = build_rules(cfg)
+    eval_selectors = 0
     for rule in _rules(doc):
         expr = rule["expr"]
-        assert 'job="llmops"' not in expr
-        # every raw-metric selector is scoped to the job
+        assert 'job="llmops"' not in expr and 'job="llmops-continuous-eval"' not in expr
+        # every raw-metric selector is scoped to the job: the platform's, or the eval job's
         for selector in re.findall(r"\b(?:ray_\w+|up)\{[^}]*\}", expr):
             assert 'job="llmops-prod"' in selector, (rule.get("alert") or rule.get("record"), selector)
+        for selector in re.findall(r"\bllmops_eval_\w+\{[^}]*\}", expr):
+            assert 'job="eval-prod"' in selector, (rule.get("alert") or rule.get("record"), selector)
+            eval_selectors += 1
+        # a bare metric name would match every job
+        bare = re.findall(r"\b(?:ray|llmops)_[a-z_]+\b(?![{\w])", re.sub(r"\{[^}]*\}", "{}", expr))
+        assert not bare, (rule.get("alert") or rule.get("record"), bare)
+    assert eval_selectors > 20
     for name, rule in _alerts(doc).items():
         assert rule["annotations"]["runbook_url"] == f"https://runbooks.example.com/llmops/{name}.md"
     assert 'absent(up{job="llmops-prod"})' in _alerts(doc)["LLMOpsTargetDown"]["expr"]
+    stale = _alerts(doc)["LLMOpsContinuousEvalStale"]["expr"]
+    assert 'absent(llmops_eval_last_run_timestamp_seconds{job="eval-prod"})' in stale
+
+
+def test_quality_rules_use_the_eval_metric_names() -> None:
+    names = {d.name for d in EVAL_DEFINITIONS}
+    exported = names | {n + s for n in names for s in ("_bucket", "_count", "_sum")}
+    used = set()
+    for rule in _rules(build_rules(MonitoringConfig())):
+        used |= set(re.findall(r"\bllmops_eval_\w+", rule["expr"]))
+    assert used and used <= exported, used - exported
+    assert {
+        "llmops_eval_score_bucket",
+        "llmops_eval_score_count",
+        "llmops_eval_records_total",
+        "llmops_eval_drift_detected",
+        "llmops_eval_last_run_timestamp_seconds",
+        "llmops_eval_judge_budget_remaining_tokens",
+    } <= used
+
+
+# --- the quality SLO -------------------------------------------------------------------------
+
+
+def test_quality_sli_reads_the_threshold_bucket_of_the_slo_metric() -> None:
+    records = _records(build_rules(MonitoringConfig()))
+    for w in QUALITY_WINDOWS:
+        expr = records[f"llmops:slo_quality_errors:ratio_rate{w}"]["expr"]
+        bad, total = expr.split("\n/\n")
+        assert bad == (
+            'sum by (model) (increase(llmops_eval_score_bucket{job="llmops-continuous-eval",'
+            f'metric="answer_relevance",le="0.3"}}[{w}]))'
+        )
+        assert total == (
+            'sum by (model) (increase(llmops_eval_score_count{job="llmops-continuous-eval",'
+            f'metric="answer_relevance"}}[{w}]))'
+        )
+
+
+def test_le_label_matches_the_pushed_histogram_for_every_allowed_threshold() -> None:
+    from prometheus_client import generate_latest
+
+    state = EvalState()
+    labels = {"metric": "answer_relevance", "model": "m", "version": "v1", "tenant": "t"}
+    state.observe("llmops_eval_score", labels, 0.25)
+    text = generate_latest(registry_of(state)).decode()
+    allowed = [b for b in EVAL_SCORE_BUCKETS if b < 1]
+    assert allowed == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
+    for bound in allowed:
+        cfg = MonitoringConfig(slo=SloConfig(quality=QualitySloConfig(threshold=bound)))
+        expr = _records(build_rules(cfg))["llmops:slo_quality_errors:ratio_rate30m"]["expr"]
+        [le] = re.findall(r'le="([^"]+)"', expr)
+        # what prometheus_client pushes; the Pushgateway re-exposes it in Go's shortest form,
+        # the same text for bounds below 1 (1.0 would become "1": not an allowed threshold)
+        assert le == le_label(bound) == f"{bound:g}"
+        assert f'llmops_eval_score_bucket{{le="{le}",' in text
+    with pytest.raises(ValueError, match=r"Got 0\.35 for slo\.quality\.threshold; it must be one of"):
+        QualitySloConfig(threshold=0.35)
+    with pytest.raises(ValueError, match="less than 1"):
+        QualitySloConfig(threshold=1.0)
+
+
+def test_default_quality_burn_thresholds_windows_and_guard() -> None:
+    alerts = _alerts(build_rules(MonitoringConfig()))
+    fast, slow = alerts["LLMOpsQualityBudgetBurnFast"], alerts["LLMOpsQualityBudgetBurnSlow"]
+    assert _thresholds(fast["expr"]) == [(6, 0.1)] * 2
+    assert _thresholds(slow["expr"]) == [(3, 0.1)] * 2 + [(1, 0.1)] * 2
+    assert re.findall(r"llmops:slo_quality_errors:ratio_rate(\w+)", fast["expr"]) == ["6h", "30m"]
+    assert re.findall(r"llmops:slo_quality_errors:ratio_rate(\w+)", slow["expr"]) == ["1d", "2h", "3d", "6h"]
+    # each branch needs min_scored_requests scored requests over its long window
+    assert re.findall(r"llmops_eval_score_count\{[^}]*\}\[(\w+)\]\)\) >= 20", fast["expr"]) == ["6h"]
+    assert re.findall(r"llmops_eval_score_count\{[^}]*\}\[(\w+)\]\)\) >= 20", slow["expr"]) == ["1d", "3d"]
+    assert (fast["labels"], fast["for"]) == ({"severity": "critical", "slo": "quality"}, "5m")
+    assert (slow["labels"], slow["for"]) == ({"severity": "warning", "slo": "quality"}, "30m")
+    assert "{{ $labels.model }}" in fast["annotations"]["summary"]
+
+
+def test_non_default_quality_slo_changes_the_rules() -> None:
+    quality = QualitySloConfig(
+        metric="context_support", threshold=0.5, objective=0.95, min_scored_requests=50
+    )
+    cfg = MonitoringConfig(slo=SloConfig(quality=quality))
+    doc = build_rules(cfg)
+    alerts, records = _alerts(doc), _records(doc)
+    for w in QUALITY_WINDOWS:
+        expr = records[f"llmops:slo_quality_errors:ratio_rate{w}"]["expr"]
+        assert 'metric="context_support",le="0.5"' in expr and "answer_relevance" not in expr
+    fast = alerts["LLMOpsQualityBudgetBurnFast"]
+    assert [round(f * b, 9) for f, b in _thresholds(fast["expr"])] == [0.3, 0.3]
+    slow = alerts["LLMOpsQualityBudgetBurnSlow"]
+    assert [round(f * b, 9) for f, b in _thresholds(slow["expr"])] == [0.15, 0.15, 0.05, 0.05]
+    assert fast["expr"].count(">= 50") == 1 and slow["expr"].count(">= 50") == 2
+    assert (
+        "95% of each model's scored (sampled) requests must have context_support above 0.5"
+        in (fast["annotations"]["description"])
+    )
+    # the serving SLOs are untouched
+    default = _alerts(build_rules(MonitoringConfig()))
+    assert alerts["LLMOpsTTFTBudgetBurnFast"] == default["LLMOpsTTFTBudgetBurnFast"]
 
 
 # --- promtool ------------------------------------------------------------------------------
@@ -216,14 +332,20 @@ def test_promtool_check_rules_accepts_default_and_custom_rules(tmp_path: Path) -
         [promtool, "check", "rules", str(RULE_FILE), str(custom)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("SUCCESS: 23 rules found") == 2, result.stdout
+    assert result.stdout.count("SUCCESS: 34 rules found") == 2, result.stdout
 
 
 @pytest.mark.slow  # about 10 s: burn-rate scenarios evaluate 3-day windows over hours of samples
 def test_promtool_unit_tests_pass() -> None:
     promtool = _promtool()
     files = sorted(TESTS_DIR.glob("*.yaml"))
-    assert {f.name for f in files} >= {"slo_availability.yaml", "slo_ttft.yaml", "serving.yaml"}
+    assert {f.name for f in files} >= {
+        "slo_availability.yaml",
+        "slo_ttft.yaml",
+        "serving.yaml",
+        "quality.yaml",
+        "continuous_eval.yaml",
+    }
     tested = set()
     for f in files:
         tested |= set(re.findall(r"alertname: (\w+)", f.read_text(encoding="utf-8")))

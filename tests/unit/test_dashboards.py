@@ -4,6 +4,8 @@ The committed JSON must equal ``build_all()``; every panel answers a stated ques
 at least one query; queries use only the allowed variables, filter by ``$model``/``$tenant``
 where the metric has those labels, never read a histogram's ``_sum`` unless the panel says
 it is approximate, and parse (``promtool check rules`` on the substituted expressions).
+The Quality dashboard reads continuous evaluation's pushed series (``llmops_eval_*``, no
+``ray_`` prefix) over a fixed 30-minute window.
 """
 
 from __future__ import annotations
@@ -17,9 +19,13 @@ from typing import Any
 import pytest
 import yaml
 
+from monitoring.config import QualitySloConfig
 from monitoring.dashboards.build import OUT_DIR, build_all, main, render
+from monitoring.dashboards.quality import WINDOW
+from monitoring.eval_metrics import EVAL_DEFINITIONS
 from monitoring.metrics import DEFINITIONS, exported_name
 from monitoring.promql import Query, dashboard_queries, substitute, variables
+from monitoring.rules_kit import le_label
 from tests.fixtures.prometheus_tools import require
 
 pytestmark = pytest.mark.unit
@@ -29,7 +35,22 @@ EXPECTED = {
     "latency-by-stage.json": ("llmops-latency-by-stage", "llmops / Latency by stage"),
     "rag-retrieval.json": ("llmops-rag-retrieval", "llmops / RAG and retrieval"),
     "cost.json": ("llmops-cost", "llmops / Cost"),
+    "quality.json": ("llmops-quality", "llmops / Quality"),
 }
+# where each dashboard's model and tenant variables take their values from
+SERVING_VARIABLES = {
+    "model": "label_values(ray_llmops_requests_total, model)",
+    "tenant": "label_values(ray_llmops_cost_usd_total, tenant)",
+}
+VARIABLE_QUERIES = {name: SERVING_VARIABLES for name in EXPECTED} | {
+    "quality.json": {
+        "model": "label_values(llmops_eval_samples_total, model)",
+        "tenant": "label_values(llmops_eval_samples_total, tenant)",
+    }
+}
+# (metric, label) pairs a query need not filter by the variable of that name: the judge's
+# ``model`` is the judge model, not a served one the $model variable lists.
+UNFILTERED = {("llmops_eval_judge_tokens_total", "model")}
 ALLOWED_VARIABLES = {"datasource", "model", "tenant", "__rate_interval", "__range"}
 DATASOURCE_UID = "${datasource}"
 # Metrics the dashboards read that llmops does not define (Ray Serve's own).
@@ -37,8 +58,10 @@ EXTERNAL_METRICS = {"ray_serve_deployment_replica_healthy"}
 
 MODELS = build_all()
 FILES = sorted(MODELS)
-# name as exported -> its MetricDef
+# name as exported -> its MetricDef (Ray's, with the ray_ prefix; pushed ones, without)
 DEFS = {exported_name(d.name): d for d in DEFINITIONS}
+PUSHED = {d.name: d for d in EVAL_DEFINITIONS}
+DEFS |= PUSHED
 
 
 def _panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -109,11 +132,7 @@ def test_template_variables(name: str) -> None:
     assert set(variables_) == {"datasource", "model", "tenant"}
     assert variables_["datasource"]["type"] == "datasource"
     assert variables_["datasource"]["query"] == "prometheus"
-    expected_queries = {
-        "model": "label_values(ray_llmops_requests_total, model)",
-        "tenant": "label_values(ray_llmops_cost_usd_total, tenant)",
-    }
-    for var_name, query in expected_queries.items():
+    for var_name, query in VARIABLE_QUERIES[name].items():
         var = variables_[var_name]
         assert var["type"] == "query"
         assert var["query"] == query
@@ -164,6 +183,10 @@ def test_panels_cover_the_brief() -> None:
                                "Embed and retrieve"],
         "cost.json": ["Cost per hour by tenant", "Cost per hour by model", "Cost over the selected range",
                       "Tokens", "per 1k tokens"],
+        "quality.json": ["Scored requests per second", "Score p50", "Score p10", "score distribution",
+                         "above the SLO threshold", "Unmeasured share", "by outcome", "Judge tokens",
+                         "Judge budget", "p-value", "Domain classifier AUC", "Centroid cosine", "PSI",
+                         "Drift detected", "Last run age"],
     }  # fmt: skip
     for name, fragments in needed.items():
         for fragment in fragments:
@@ -176,11 +199,15 @@ _RANGE = re.compile(r"\[([^\]]*)\]")
 _STRING = re.compile(r'"(?:\\.|[^"\\])*"')
 _SELECTOR = re.compile(r"(?P<name>\b[a-zA-Z_:][\w:]*)?\s*\{(?P<matchers>[^}]*)\}")
 _NAME_MATCHER = re.compile(r'__name__\s*=~?\s*"([^"]*)"')
-_RAY_NAME = re.compile(r"\bray_[a-z_]+\b")
+_RAY_NAME = re.compile(r"\b(?:ray|llmops)_[a-z_]+\b")
+
+
+def _is_llmops(name: str) -> bool:
+    return name.startswith("ray_") or name.startswith("llmops_")
 
 
 def _selectors(expr: str) -> list[tuple[list[str], str]]:
-    """(metric names, matcher text) for every selector of a ray_ metric in ``expr``."""
+    """(metric names, matcher text) for every selector of a ray_ or pushed llmops_ metric."""
     out = []
     for m in _SELECTOR.finditer(expr):
         names = [m["name"]] if m["name"] else []
@@ -189,7 +216,7 @@ def _selectors(expr: str) -> list[tuple[list[str], str]]:
     # Bare names, outside strings and not followed by a brace.
     bare = _STRING.sub('""', _SELECTOR.sub(" ", expr))
     out += [([n], "") for n in _RAY_NAME.findall(bare)]
-    return [(names, matchers) for names, matchers in out if any(n.startswith("ray_") for n in names)]
+    return [(names, matchers) for names, matchers in out if any(_is_llmops(n) for n in names)]
 
 
 def _definition(name: str) -> tuple[Any, str]:
@@ -214,22 +241,47 @@ def test_query_uses_allowed_variables_and_windows(query: Query) -> None:
     used = variables(query.expr)
     assert used <= ALLOWED_VARIABLES, f"{query.title}: unexpected variables {used - ALLOWED_VARIABLES}"
     windows = set(_RANGE.findall(_STRING.sub('""', query.expr)))
-    assert windows <= {"$__rate_interval", "$__range"}, f"{query.title}: fixed windows {windows}"
+    names = {n for names, _ in _selectors(query.expr) for n in names}
+    if all(not n.startswith("ray_") and _definition(n)[0].name in PUSHED for n in names):
+        # pushed series change once per push (every 5 min by default): $__rate_interval
+        # follows the scrape interval and would read 0 between pushes
+        assert windows <= {WINDOW.strip("[]"), "$__range"}, f"{query.title}: windows {windows}"
+    else:
+        assert windows <= {"$__rate_interval", "$__range"}, f"{query.title}: fixed windows {windows}"
+
+
+def test_pushed_series_window_spans_several_pushes() -> None:
+    assert WINDOW == "[30m]"  # 6 pushes at continuous_eval's default interval_s (300 s)
+    quality = [q for q in PANEL_QUERIES if Path(q.source).name == "quality.json"]
+    assert sum(WINDOW in q.expr for q in quality) >= 6
+    assert not any("$__rate_interval" in q.expr for q in quality)
+
+
+def test_quality_slo_panel_reads_the_slo_threshold_bucket() -> None:
+    slo = QualitySloConfig()
+    (share,) = [q for q in PANEL_QUERIES if q.title.startswith("Share of scores above the SLO threshold")]
+    assert le_label(slo.threshold) == "0.3"  # prometheus_client's and the Pushgateway's form
+    assert 'le="0.3"' in share.expr
+    assert share.expr.startswith("1 - ") and "llmops_eval_score_count" in share.expr
+    (dist,) = [q for q in PANEL_QUERIES if q.title.endswith("score distribution over the range")]
+    assert f'metric="{slo.metric}"' in dist.expr
 
 
 @pytest.mark.parametrize("query", PANEL_QUERIES, ids=_ids(PANEL_QUERIES))
 def test_query_metrics_exist_and_are_filtered(query: Query) -> None:
     selectors = _selectors(query.expr)
-    assert selectors, f"{query.title}: no ray_ metric in {query.expr}"
+    assert selectors, f"{query.title}: no llmops metric in {query.expr}"
     for names, matchers in selectors:
         for name in names:
             if name in EXTERNAL_METRICS:
                 continue
             d, _ = _definition(name)
-            if "model" in d.labels:
-                assert 'model=~"$model"' in matchers, f"{query.title}: {name} not filtered by $model"
-            if "tenant" in d.labels:
-                assert 'tenant=~"$tenant"' in matchers, f"{query.title}: {name} not filtered by $tenant"
+            for label in ("model", "tenant"):
+                if label in d.labels and (d.name, label) not in UNFILTERED:
+                    # "$tenant|all": the judge's run-wide budget carries tenant="all"
+                    assert re.search(rf'{label}=~"\${label}(\|\w+)?"', matchers), (
+                        f"{query.title}: {name} not filtered by ${label}"
+                    )
 
 
 @pytest.mark.parametrize("query", PANEL_QUERIES, ids=_ids(PANEL_QUERIES))
