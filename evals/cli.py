@@ -57,6 +57,9 @@ def add_parser(subparsers: Any, load_config: ConfigLoader | None = None) -> argp
     from evals.run_cli import add_run_parsers
 
     add_run_parsers(sub, _positive_int)
+    from evals.drift_cli import add_drift_parser
+
+    add_drift_parser(sub, _positive_int)
     return ev
 
 
