@@ -59,6 +59,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/filtered_search.py
 	$(PY) benchmarks/embeddings.py
 	$(PY) benchmarks/observability.py
+	$(PY) benchmarks/evals.py
 
 clean:
 	rm -rf $(VENV) .llmops .pytest_cache .mypy_cache .ruff_cache

@@ -8,8 +8,10 @@
   judge model.)
 
 Both are in [-1, 1] (in practice [0, 1] for MiniLM) and NaN when there is nothing
-to score (no answer, an empty one, or no context). Every text of a call is
-encoded in one batch, so scoring many records costs one forward pass per batch.
+to score (no answer, an empty one, or no context). Every distinct text of a call
+is encoded once, in batches of ``batch_size``, so scoring many records costs one
+forward pass per batch, and a passage (or answer) that several records share, as
+retrieved contexts often are, is encoded only once.
 """
 
 from __future__ import annotations
@@ -29,18 +31,33 @@ def _encode(encoder: Any, texts: list[str], batch_size: int) -> np.ndarray:
     return np.asarray(encoder.encode(texts, batch_size=batch_size), dtype=np.float32)
 
 
+class _Texts:
+    """The distinct texts of a call, in first-seen order; ``add`` gives a text's row."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, int] = {}
+
+    def add(self, text: str) -> int:
+        return self.rows.setdefault(text, len(self.rows))
+
+    def encode(self, encoder: Any, batch_size: int) -> np.ndarray:
+        return _encode(encoder, list(self.rows), batch_size)
+
+
 def answer_relevance(
     encoder: Any, questions: Sequence[str], answers: Sequence[str | None], *, batch_size: int = 64
 ) -> list[float]:
     """Cosine(question, answer) per record; NaN where the answer is missing or empty."""
     if len(questions) != len(answers):
         raise ValueError(f"questions and answers differ in length: {len(questions)} vs {len(answers)}")
-    idx = [i for i, a in enumerate(answers) if a and a.strip()]
-    vecs = _encode(encoder, [questions[i] for i in idx] + [str(answers[i]) for i in idx], batch_size)
-    q, a = vecs[: len(idx)], vecs[len(idx) :]
+    texts = _Texts()
+    pairs = [
+        (i, texts.add(questions[i]), texts.add(str(a))) for i, a in enumerate(answers) if a and a.strip()
+    ]
+    vecs = texts.encode(encoder, batch_size)
     out = [math.nan] * len(answers)
-    for k, i in enumerate(idx):
-        out[i] = float(q[k] @ a[k])
+    for i, q, a in pairs:
+        out[i] = float(vecs[q] @ vecs[a])
     return out
 
 
@@ -55,26 +72,21 @@ def context_support(
     answer is missing or empty or the record has no context."""
     if len(answers) != len(contexts):
         raise ValueError(f"answers and contexts differ in length: {len(answers)} vs {len(contexts)}")
-    texts: list[str] = []
-    spans: list[tuple[int, int, int, int] | None] = []  # per record: sentence and passage ranges
+    texts = _Texts()
+    rows: list[tuple[list[int], list[int]] | None] = []  # per record: its sentences' and passages' rows
     for a, ctx in zip(answers, contexts, strict=True):
         passages = [c for c in ctx if c and c.strip()]
         sents = sentences(a) if a and a.strip() else []
         if not sents or not passages:
-            spans.append(None)
+            rows.append(None)
             continue
-        s0 = len(texts)
-        texts += sents
-        p0 = len(texts)
-        texts += passages
-        spans.append((s0, p0, p0, len(texts)))
-    vecs = _encode(encoder, texts, batch_size)
+        rows.append(([texts.add(x) for x in sents], [texts.add(c) for c in passages]))
+    vecs = texts.encode(encoder, batch_size)
     out: list[float] = []
-    for span in spans:
-        if span is None:
+    for r in rows:
+        if r is None:
             out.append(math.nan)
             continue
-        s0, s1, p0, p1 = span
-        sims = vecs[s0:s1] @ vecs[p0:p1].T
+        sims = vecs[r[0]] @ vecs[r[1]].T
         out.append(float(sims.max(axis=1).mean()))
     return out
