@@ -75,6 +75,14 @@ class Model(_Out):
         "`sentence-transformers`."
     )
     context_length: int = Field(description="Tokens of prompt plus completion (input tokens for embeddings).")
+    version: str = omitted(
+        "Version label of what is served under this name (chat models; `version` in their config)."
+    )
+    config_digest: str = omitted(
+        "Digest of the model's config (a RAG model's includes its generator's): equal digests, same "
+        "model (chat models)."
+    )
+    platform_version: str = Field(description="The llmops version of the gateway that answered.")
 
 
 class ModelList(_Out):

@@ -24,12 +24,22 @@ NORMANS = (
 
 def test_models_list_has_kinds_engines_and_context(platform: Platform) -> None:
     models = {m.id: m.model_extra for m in platform.client().models.list().data}
-    assert models["extractive"] == {"kind": "chat", "engine": "extractive", "context_length": 512}
+    extractive = models["extractive"]
+    assert extractive is not None and len(extractive.pop("config_digest")) == 16
+    assert extractive == {
+        "kind": "chat",
+        "engine": "extractive",
+        "context_length": 512,
+        "version": "v1",
+        "platform_version": extractive["platform_version"],
+    }
+    assert extractive["platform_version"] not in ("", "unknown")
     assert models[TINY]["kind"] == "chat" and models[TINY]["engine"] == "transformers"
     assert models["all-minilm-l6-v2"] == {
         "kind": "embedding",
         "engine": "sentence-transformers",
         "context_length": 256,
+        "platform_version": extractive["platform_version"],
     }
     assert platform.client().models.retrieve("extractive").id == "extractive"
 

@@ -266,5 +266,5 @@ def test_drift_flags_a_shifted_window_and_says_insufficient_for_a_small_one(
 
 def test_job_refuses_an_unknown_embedding_model(tmp_path: Path) -> None:
     job = ContinuousEval(cfg(tmp_path, embedding_model="nope"))
-    with pytest.raises(ValueError, match="continuous_eval.embedding_model"):
+    with pytest.raises(ValueError, match=r"continuous_eval\.embedding_model"):
         job._scorer_args()

@@ -67,9 +67,11 @@ async def test_generation_unary_and_stream_agree(gen_handle) -> None:  # type: i
     assert stats.prompt_tokens > 10 and stats.cost_usd is None  # no pricing configured
     assert stats.first_token_at is not None and stats.engine_s > 0
     info = await gen_handle.info.remote()
+    assert len(info.pop("config_digest")) == 16
     assert info == {
         "id": "extractive",
         "kind": "chat",
+        "version": "v1",
         "engine": "extractive",
         "context_length": 64,
         "supported_params": ["max_tokens", "seed", "stop"],

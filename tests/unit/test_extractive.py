@@ -111,7 +111,9 @@ def test_summary_defaults_are_what_the_committed_tuning_chose() -> None:
 
     from services.generation.config import ExtractiveModelConfig
 
-    runs = sorted(Path(__file__).resolve().parents[2].glob("benchmarks/results/extractive-summary-tuning-*.json"))
+    runs = sorted(
+        Path(__file__).resolve().parents[2].glob("benchmarks/results/extractive-summary-tuning-*.json")
+    )
     assert runs, "no committed tuning run"
     chosen = json.loads(runs[-1].read_text())["chosen"]
     defaults = ExtractiveModelConfig(name="x", engine="extractive")
