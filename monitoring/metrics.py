@@ -64,7 +64,7 @@ LABELS: frozenset[str] = frozenset(
         "model", "route", "status", "stage", "tenant", "engine", "collection", "kind", "outcome",
         "version", "metric",
     }
-)
+)  # fmt: skip
 # ``llmops_build_info`` is the one exception: its labels carry the build.
 BUILD_INFO_LABELS: tuple[str, ...] = ("version", "python")
 
