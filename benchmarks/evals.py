@@ -302,18 +302,7 @@ def platform_encoder(backend: str) -> Any:
     from services.embeddings.encoder import Encoder
 
     cfg = EmbeddingModelConfig(backend=backend)
-    if cfg.torch_threads:
-        import torch
-
-        torch.set_num_threads(cfg.torch_threads)
-    return Encoder(
-        cfg.path,
-        cfg.device,
-        cfg.backend,
-        threads=cfg.torch_threads,
-        cache_dir=cfg.cache_dir,
-        precision=cfg.precision,
-    )
+    return Encoder.from_config(cfg)
 
 
 Columns = list[tuple[list[Any], ...]]  # per call: questions, answers, contexts

@@ -119,19 +119,8 @@ def cmd_eval_retrieval(args: argparse.Namespace, load_config: ConfigLoader | Non
 
     err = Console(stderr=True)
     with err.status(f"loading embedding model {emb.name} ..."):
-        if emb.torch_threads:
-            import torch
-
-            torch.set_num_threads(emb.torch_threads)
         # the served forward pass (backend, precision), so the figures are the platform's own
-        encoder = Encoder(
-            emb.path,
-            emb.device,
-            emb.backend,
-            threads=emb.torch_threads,
-            cache_dir=emb.cache_dir,
-            precision=emb.precision,
-        )
+        encoder = Encoder.from_config(emb)
     report = evaluate_retrieval(
         encoder,
         coll,

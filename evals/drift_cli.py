@@ -193,14 +193,7 @@ def cmd_drift(args: argparse.Namespace) -> int:
     emb = EmbeddingModelConfig()
     with err.status(f"loading embedding model {emb.name} ..."):
         # the served model and backend, so the vectors are the platform's own
-        encoder = Encoder(
-            emb.path,
-            emb.device,
-            emb.backend,
-            threads=emb.torch_threads,
-            cache_dir=emb.cache_dir,
-            precision=emb.precision,
-        )
+        encoder = Encoder.from_config(emb)
     (_, ref_rows, _), (_, cur_rows, _) = windows
     try:
         with err.status("embedding and comparing ..."):

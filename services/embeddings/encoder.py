@@ -172,6 +172,23 @@ class Encoder:
         if self.backend == "openvino":
             self._load_openvino(threads, Path(cache_dir) if cache_dir else default_cache_dir(), precision)
 
+    @classmethod
+    def from_config(cls, cfg: Any) -> Encoder:
+        """The encoder an :class:`~services.embeddings.config.EmbeddingModelConfig` describes: the
+        served forward pass (backend, precision, threads), so offline vectors equal the platform's."""
+        if cfg.torch_threads:
+            import torch
+
+            torch.set_num_threads(cfg.torch_threads)
+        return cls(
+            cfg.path,
+            cfg.device,
+            cfg.backend,
+            threads=cfg.torch_threads,
+            cache_dir=cfg.cache_dir,
+            precision=cfg.precision,
+        )
+
     # -- the openvino backend ---------------------------------------------------------------
     def _features(self, texts: Sequence[str]) -> dict[str, Any]:
         """The model's own tokenisation (as ``encode`` does it), tensors only."""

@@ -119,7 +119,9 @@ def test_cli_prints_markdown_and_writes_json(report, monkeypatch, tmp_path, caps
         return report
 
     monkeypatch.setattr("evals.retrieval.evaluate_retrieval", fake_eval)
-    monkeypatch.setattr("services.embeddings.encoder.Encoder", lambda path, device, backend, **kw: object())
+    monkeypatch.setattr(
+        "services.embeddings.encoder.Encoder.from_config", classmethod(lambda cls, cfg: object())
+    )
     parser = argparse.ArgumentParser(prog="llmops")
     eval_cli.add_parser(parser.add_subparsers(dest="command"))
     out_json = tmp_path / "r" / "report.json"
