@@ -135,13 +135,13 @@ class ContinuousEval:
         groups: Counter[tuple[str, str]] = Counter()  # (model, tenant) -> sampled this run
         existing = list_table_files(self.table_fs, self.table_root)
         self.checkpoint.prune(set(existing))
-        new = [rel for rel in existing if rel not in self.checkpoint.files]
-        while new:
-            batch, rows = [], 0
-            while new and rows < self.config.max_rows_per_pass:
-                rel = new.pop(0)
-                batch.append(rel)
+        new = iter([rel for rel in existing if rel not in self.checkpoint.files])
+        rel = next(new, None)
+        while rel is not None:  # pass by pass: at most max_rows_per_pass records read, then scored
+            rows = 0
+            while rel is not None and rows < self.config.max_rows_per_pass:
                 rows += self._process_file(rel, groups, summary, judge)
+                rel = next(new, None)
             self._score_pending(judge, summary)
         if self.config.drift.enabled:
             from pipelines.continuous_eval.drift_step import drift_step

@@ -268,3 +268,11 @@ def test_job_refuses_an_unknown_embedding_model(tmp_path: Path) -> None:
     job = ContinuousEval(cfg(tmp_path, embedding_model="nope"))
     with pytest.raises(ValueError, match=r"continuous_eval\.embedding_model"):
         job._scorer_args()
+
+
+def test_a_backlog_is_worked_off_pass_by_pass_with_the_same_result(tmp_path: Path, openvino_f32: Any) -> None:
+    write_files(tmp_path, mixed_files())
+    s = run_once(cfg(tmp_path, max_rows_per_pass=5), encoder=openvino_f32)  # one file per pass
+    assert s.files == 3 and dict(s.records) == {"scored": 16, "skipped": 1, "quarantined": 2}
+    ids = [r["request_id"] for r in scores(tmp_path)]
+    assert len(ids) == len(set(ids)) == 16
