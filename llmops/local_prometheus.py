@@ -56,6 +56,14 @@ class PushgatewayNotInstalledError(RuntimeError):
     """The ``prometheus-pushgateway`` executable is not on PATH."""
 
 
+def _which(binary: str, package: str, error: type[RuntimeError]) -> str:
+    """The path of ``binary``; ``error`` naming the Debian package that has it when it is missing."""
+    found = shutil.which(binary)
+    if found is None:
+        raise error(f"'{binary}' is not installed; on Debian/Ubuntu: sudo apt-get install {package}")
+    return found
+
+
 class _Process:
     """A child server on loopback: started with :func:`_die_with_parent`, ready when
     ``<url>/-/ready`` answers 200, stopped with SIGTERM (then SIGKILL)."""
@@ -121,13 +129,7 @@ class LocalPushgateway(_Process):
         super().__init__(Path(data_dir).resolve() / "pushgateway", f"http://{self.address}")
 
     def binary(self) -> str:
-        found = shutil.which(self.config.pushgateway.binary)
-        if found is None:
-            raise PushgatewayNotInstalledError(
-                f"'{self.config.pushgateway.binary}' is not installed; on Debian/Ubuntu: "
-                "sudo apt-get install prometheus-pushgateway"
-            )
-        return found
+        return _which(self.config.pushgateway.binary, "prometheus-pushgateway", PushgatewayNotInstalledError)
 
     def command(self) -> list[str]:
         return [
@@ -171,13 +173,7 @@ class LocalPrometheus(_Process):
         self.rules_file = self.dir / "llmops-rules.yaml"
 
     def binary(self) -> str:
-        found = shutil.which(self.config.prometheus.binary)
-        if found is None:
-            raise PrometheusNotInstalledError(
-                f"'{self.config.prometheus.binary}' is not installed; on Debian/Ubuntu: "
-                "sudo apt-get install prometheus"
-            )
-        return found
+        return _which(self.config.prometheus.binary, "prometheus", PrometheusNotInstalledError)
 
     def write_config(self) -> Path:
         """Write the scrape config and the rules generated from the SLO config."""
