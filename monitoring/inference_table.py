@@ -88,6 +88,8 @@ SCHEMA = pa.schema(
         ("completion_tokens", pa.int64()),
         ("cost_usd", pa.float64()),
         ("error", pa.string()),
+        # one {check, direction, result, labels?, score?, ms} per guardrail decision, as JSON
+        ("guardrails", pa.string()),
     ]
 )
 

@@ -97,4 +97,5 @@ def build_app(config: ServicesConfig | dict[str, Any]) -> Application:
         monitoring,
         usage,
         cfg.usage.flush_interval_s,
+        cfg.guardrails.model_dump(),
     )

@@ -13,6 +13,7 @@ from services.deployment_config import StrictModel, repeated
 from services.embeddings.config import EmbeddingModelConfig
 from services.gateway.config import AuthConfig, GatewayConfig, is_loopback
 from services.generation.config import ExtractiveModelConfig, GenerationModelConfig
+from services.guardrails.config import GuardrailsConfig
 from services.rag.config import RagModelConfig
 from services.retrieval.config import RetrievalConfig
 from services.usage.config import UsageConfig
@@ -46,6 +47,10 @@ class ServicesConfig(StrictModel):
     usage: UsageConfig = Field(
         default_factory=UsageConfig, description="Per-tenant usage ledger behind GET /v1/usage."
     )
+    guardrails: GuardrailsConfig = Field(
+        default_factory=GuardrailsConfig,
+        description="Guardrail chains per model: input checks, output checks on the stream, RAG context.",
+    )
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ServicesConfig:
@@ -68,6 +73,7 @@ class ServicesConfig(StrictModel):
                         f"which is not under 'embeddings' ({sorted(emb_names)})"
                     )
         self._check_retrieval(emb_names)
+        self._check_guardrails()
         if not self.auth.enabled and not is_loopback(self.gateway.host):
             raise ValueError(
                 f'auth.enabled is false but gateway.host is "{self.gateway.host}": auth may be off only '
@@ -76,6 +82,26 @@ class ServicesConfig(StrictModel):
         if self.auth.enabled and not self.auth.keys:
             raise ValueError("auth.enabled is true but auth.keys is empty: no client could authenticate")
         return self
+
+    def _check_guardrails(self) -> None:
+        chat = {m.name for m in self.models} | {r.name for r in self.rag}
+        for name in self.guardrails.models:
+            if name not in chat:
+                raise ValueError(
+                    f'guardrails.models: "{name}" is not a served generation or RAG model ({sorted(chat)})'
+                )
+        where = [("guardrails.default", self.guardrails.default)] + [
+            (f"guardrails.models.{n}", c) for n, c in self.guardrails.models.items()
+        ]
+        gen = {m.name for m in self.models}
+        for path, chain in where:
+            for side in ("input", "output"):
+                for i, check in enumerate(getattr(chain, side)):
+                    if check.judge_model is not None and check.judge_model not in gen:
+                        raise ValueError(
+                            f'{path}.{side}[{i}].judge_model: "{check.judge_model}" is not a served '
+                            f"generation model ({sorted(gen)})"
+                        )
 
     def _check_retrieval(self, emb_names: set[str]) -> None:
         ret = self.retrieval

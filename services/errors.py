@@ -58,6 +58,12 @@ class UnsupportedParameterError(InvalidRequestError):
     code = "unsupported_parameter"
 
 
+class ContentPolicyError(InvalidRequestError):
+    """A guardrail check blocked the request (400; ``param`` names the field, the message the check)."""
+
+    code = "content_policy_violation"
+
+
 class ContextLengthExceededError(InvalidRequestError):
     """400: prompt (plus requested completion) exceeds the model's context window."""
 

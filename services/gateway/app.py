@@ -51,6 +51,9 @@ from services.gateway.protocol import (
 from services.gateway.readiness import Readiness
 from services.gateway.retrieval import RetrievalServing
 from services.gateway.serving import OpenAIServing, model_probes
+from services.guardrails.chain import Guardrails
+from services.guardrails.config import GuardrailsConfig
+from services.guardrails.judge_call import judge_caller
 
 logger = logging.getLogger("llmops.gateway")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -207,6 +210,7 @@ class Gateway:
         monitoring: dict[str, Any] | None = None,
         usage: Any = None,
         usage_flush_interval_s: float = 1.0,
+        guardrails: dict[str, Any] | None = None,
     ) -> None:
         self.config = GatewayConfig.model_validate(gateway)
         auth_config = AuthConfig.model_validate(auth)
@@ -216,10 +220,16 @@ class Gateway:
             {**model_probes(generation, embeddings), **self.retrieval.readiness_probes()},
             self.config.startup_wait_s,
         )
-        self.serving = OpenAIServing(generation, embeddings, self.readiness, self.config.retry_timeout_s)
         mon = MonitoringConfig.model_validate(monitoring or {})
         tenants = [k.tenant for k in auth_config.keys] + [auth_config.anonymous_tenant]
         obs = observability(mon, tenants=tenants)
+        guards = None
+        if guardrails and any(not c.empty for c in GuardrailsConfig.model_validate(guardrails).chains()):
+            guards = Guardrails(guardrails, judge=judge_caller(generation), metrics=obs.metrics)
+            await asyncio.to_thread(guards.warm_up)  # load the classifiers before the first request
+        self.serving = OpenAIServing(
+            generation, embeddings, self.readiness, self.config.retry_timeout_s, guards
+        )
         log = mon.request_log
         self._usage = usage
         recorder = None

@@ -15,6 +15,7 @@ the last SSE event (a ``: server-timing`` comment line), the request log and met
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterator
@@ -35,6 +36,7 @@ from monitoring.redact import redact
 from monitoring.request_log import RequestLog
 from monitoring.tracing import carrier_of, start_span, trace_id_of
 from services.generation.protocol import GenerationStats, StageTimings
+from services.guardrails.chain import Decision, header_value
 from services.rag.types import RagMeta
 
 __all__ = [
@@ -89,6 +91,8 @@ class RequestObservation:
     version: str | None = None
     engine: str | None = None
     rag: RagMeta | None = None
+    #: every guardrail decision on the request (input, context, output), in order
+    guardrails: list[Decision] = field(default_factory=list)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -236,6 +240,7 @@ class GatewayObserver:
             "completion_tokens": obs.completion_tokens,
             "cost_usd": obs.cost_usd,
             "error": obs.error,
+            "guardrails": json.dumps([d.as_dict() for d in obs.guardrails]) if obs.guardrails else None,
         }
 
     def record(self, obs: RequestObservation, status: int, total: float) -> dict[str, Any]:
@@ -259,6 +264,8 @@ class GatewayObserver:
             "retry": obs.retry,
             "version": obs.version,
         }
+        if obs.guardrails:
+            rec["guardrails"] = [d.as_dict() for d in obs.guardrails]
         if self.include_prompts:
             rec["prompt"] = self._text(obs.prompt_text)
             rec["completion"] = self._text(obs.completion_text)
@@ -345,6 +352,8 @@ class ObservabilityMiddleware:
                     extra.append((b"x-trace-id", trace_id.encode()))
                 if obs.retry:
                     extra.append((b"x-llmops-retry", obs.retry.encode()))
+                if obs.guardrails:  # a stream's output decisions come in its last SSE comment
+                    extra.append((b"x-guardrails", header_value(obs.guardrails).encode()))
                 message["headers"] = [*message.get("headers", []), *extra]
             await send(message)
 

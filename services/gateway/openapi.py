@@ -48,7 +48,14 @@ only `internal error, request id <id>`.
 
 **Headers**: every response has `X-Request-ID` (the client's, when it sends one) and
 `Server-Timing` (per-stage durations: auth, guardrails, embed, retrieve, generate,
-serialize; for a stream, up to its first token).
+serialize; for a stream, up to its first token). With guardrails configured,
+`X-Guardrails` lists each check's decision (`input.pii=redacted;labels=EMAIL_ADDRESS,
+input.prompt_injection=pass`); a stream's output decisions come in a `: guardrails ...`
+comment line before `: server-timing`.
+
+**Guardrails**: a prompt a check blocks is 400 `content_policy_violation` (the message
+names the check); an answer a check blocks ends with `finish_reason: "content_filter"`
+(streamed or not) and never carries the blocked text; redacted spans read `[ENTITY]`.
 
 **Streams** (`"stream": true`) are Server-Sent Events: `data: <JSON chunk>` events, then
 with `stream_options.include_usage` a chunk with the usage, then for a RAG model a chunk
@@ -59,7 +66,8 @@ with its `citations`, then a `: server-timing ...` comment line and `data: [DONE
 ERRORS: dict[int, str] = {
     400: "Invalid request: `param` names the field. A body that is not a JSON object, an unknown "
     "field (`Unrecognized request argument supplied: <field>`), a missing or bad value, or a "
-    "parameter the model's engine does not support (`unsupported_parameter`).",
+    "parameter the model's engine does not support (`unsupported_parameter`), or a prompt a "
+    "guardrail check blocked (`content_policy_violation`; the message names the check).",
     401: "No API key, or one that matches no tenant (`invalid_api_key`).",
     403: "The key may not do this.",
     404: "Not found.",

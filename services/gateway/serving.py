@@ -36,11 +36,14 @@ from services.gateway.sse import (
     usage_json,
 )
 from services.generation.protocol import (
+    ChatMessage,
     GenerationRequest,
     GenerationStats,
     StageTimings,
     TokenLogprob,
 )
+from services.guardrails.chain import Guardrails
+from services.guardrails.stream import OutputGuard
 from services.rag.types import RagMeta
 
 
@@ -78,7 +81,9 @@ class OpenAIServing:
         embeddings: dict[str, Any],
         readiness: Readiness | None = None,
         retry_timeout_s: float = 60.0,
+        guardrails: Guardrails | None = None,
     ) -> None:
+        self.guardrails = guardrails
         self._gen = generation
         self._emb = embeddings
         self.readiness = readiness or Readiness(model_probes(generation, embeddings))
@@ -143,7 +148,7 @@ class OpenAIServing:
         handle = self._generation_handle(req.model)
         obs = _observed(obs, request_id, req.model, req.stream)
         self._describe(obs)
-        messages = req.chat_messages()
+        messages = await self._guard_messages(req.model, req.chat_messages(), obs)
         if obs.capture_text:
             obs.prompt_text = "\n".join(f"{m.role}: {m.content}" for m in messages)
         greq = GenerationRequest(
@@ -160,9 +165,12 @@ class OpenAIServing:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             stream = await open_stream(handle, greq, obs, self._retry_s)
             base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": req.model}
-            return sse_stream(stream, base, include_usage, chat_choices(want_logprobs), obs)
+            guard = OutputGuard.for_model(self.guardrails, req.model)
+            choices_fn = chat_choices(want_logprobs)
+            return sse_stream(stream, base, include_usage, choices_fn, obs, guard, greq.params.n)
         with obs.stage("generate"):
             items = await retry_once(lambda: handle.generate.remote(greq), req.model, obs, self._retry_s)
+        items = await self._guard_output(req.model, items, obs)
         with obs.stage("serialize"):
             choices, prompt_tokens, rag = _collect(items, obs)
             return {
@@ -195,6 +203,12 @@ class OpenAIServing:
         self._describe(obs)
         params = req.sampling()
         prompts = req.prompts()
+        if self.guardrails is not None:
+            with obs.stage("guardrails"):
+                verdict = await self.guardrails.check_input(
+                    req.model, list(prompts), param="prompt", decisions=obs.guardrails
+                )
+            prompts = verdict.texts
         if obs.capture_text:
             obs.prompt_text = "\n".join(prompts)
         created, cid = int(time.time()), f"cmpl-{request_id}"
@@ -219,11 +233,14 @@ class OpenAIServing:
                 )
             stream = await open_stream(handle, greqs[0], obs, self._retry_s)
             base = {"id": cid, "object": "text_completion", "created": created, "model": req.model}
-            return sse_stream(stream, base, include_usage, completion_choices(want_logprobs), obs)
+            guard = OutputGuard.for_model(self.guardrails, req.model)
+            choices_fn = completion_choices(want_logprobs)
+            return sse_stream(stream, base, include_usage, choices_fn, obs, guard, params.n)
         with obs.stage("generate"):
             results = await asyncio.gather(
                 *(retry_once(_call(handle.generate, g), req.model, obs, self._retry_s) for g in greqs)
             )
+        results = [await self._guard_output(req.model, items, obs) for items in results]
         with obs.stage("serialize"):
             out, prompt_total, completion_total = [], 0, 0
             rag: list[RagMeta] = []
@@ -251,6 +268,38 @@ class OpenAIServing:
                 "choices": out,
                 "usage": usage_json(prompt_total, completion_total),
             }
+
+    # -- guardrails -------------------------------------------------------------------
+    async def _guard_messages(
+        self, model: str, messages: tuple[ChatMessage, ...], obs: RequestObservation
+    ) -> tuple[ChatMessage, ...]:
+        """The input chain over every message (classifiers: user and tool messages only)."""
+        if self.guardrails is None:
+            return messages
+        with obs.stage("guardrails"):
+            verdict = await self.guardrails.check_input(
+                model,
+                [m.content for m in messages],
+                classify=[m.role in ("user", "tool") for m in messages],
+                param="messages",
+                decisions=obs.guardrails,
+            )
+        return tuple(
+            m if m.content == text else ChatMessage(role=m.role, content=text)
+            for m, text in zip(messages, verdict.texts, strict=True)
+        )
+
+    async def _guard_output(
+        self, model: str, items: list[StreamItem], obs: RequestObservation
+    ) -> list[StreamItem]:
+        """A unary answer through the output chain (the same hold-back logic, all at once)."""
+        guard = OutputGuard.for_model(self.guardrails, model)
+        if guard is None:
+            return items
+        with obs.stage("guardrails"):
+            out = await guard.apply(items)
+        obs.guardrails.extend(guard.decisions_list())
+        return out
 
     # -- embeddings -------------------------------------------------------------------
     async def embeddings(

@@ -27,6 +27,8 @@ from services.generation.protocol import (
     StageTimings,
     TokenLogprob,
 )
+from services.guardrails.chain import header_value
+from services.guardrails.stream import OutputGuard
 from services.rag.types import RagMeta
 
 #: what a generation or RAG deployment streams: chunks, plus measurements the gateway absorbs
@@ -201,14 +203,23 @@ async def sse_stream(
     include_usage: bool,
     choice: ChoiceBuilder,
     obs: RequestObservation,
+    guard: OutputGuard | None = None,
+    n: int = 1,
 ) -> AsyncIterator[str]:
     """The SSE events of a stream: one per chunk, then usage (if asked), then a RAG
     model's citations, then a ``: server-timing`` comment with the whole stream's stage
     timings (SSE parsers skip comments), then ``[DONE]``. After the 200 went out,
     errors travel as an error event.
 
-    Time spent waiting for the next item counts as ``generate``; everything else here
-    (building events, and the ``yield`` that hands them to the socket) as ``serialize``.
+    With output guardrails (``guard``) each chunk passes the hold-back first: what is
+    released goes out, a blocked choice ends with ``content_filter`` and, once all ``n``
+    choices ended, the engine is stopped. Usage counts the engine's chunks (what was
+    generated); the output decisions travel in a ``: guardrails`` comment before
+    ``: server-timing``.
+
+    Time spent waiting for the next item counts as ``generate``; the output checks as
+    ``guardrails``; everything else here (building events, and the ``yield`` that hands
+    them to the socket) as ``serialize``.
     """
     extra = {"usage": None} if include_usage else {}
     prompt_tokens, completion_tokens = 0, 0
@@ -235,11 +246,30 @@ async def sse_stream(
             completion_tokens += ch.num_tokens
             if ch.prompt_tokens is not None:
                 prompt_tokens = ch.prompt_tokens
-            if obs.capture_text:
-                text.append(ch.text)
-            yield _sse({**base, "choices": [choice(ch)], **extra})
+            if guard is None:
+                out = [ch]
+            else:
+                out = await guard.feed(ch)
+                t2 = clock()
+                timer.record("guardrails", t2 - t1)
+                t1 = t2
+            for o in out:
+                if obs.capture_text:
+                    text.append(o.text)
+                yield _sse({**base, "choices": [choice(o)], **extra})
             timer.record("serialize", clock() - t1)
+            if guard is not None and guard.all_ended(n):
+                await _close(it)  # every choice was blocked: stop the engine's work
+                break
         t1 = clock()
+        if guard is not None:
+            for o in await guard.finish():
+                if obs.capture_text:
+                    text.append(o.text)
+                yield _sse({**base, "choices": [choice(o)], **extra})
+            t2 = clock()
+            timer.record("guardrails", t2 - t1)
+            t1 = t2
         if include_usage:
             yield _sse({**base, "choices": [], "usage": usage_json(prompt_tokens, completion_tokens)})
         if rag is not None:
@@ -252,8 +282,19 @@ async def sse_stream(
         obs.completion_tokens += completion_tokens
         if obs.capture_text:
             obs.completion_text = "".join(text)
+        if guard is not None:
+            obs.guardrails.extend(guard.decisions_list())
+            guard.count()
+    if guard is not None:
+        yield f": guardrails {header_value(guard.decisions_list())}\n\n"
     yield f": server-timing {timer.server_timing()}\n\n"
     yield DONE
+
+
+async def _close(it: Any) -> None:
+    aclose = getattr(it, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 def stream_error(exc: BaseException, cid: str, obs: RequestObservation) -> str:
