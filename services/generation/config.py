@@ -134,6 +134,13 @@ class FixedModelConfig(_ModelBase):
         description="Simulated engine time before the answer (a sleep, no CPU): for load and "
         "failure tests that need requests in flight without a model.",
     )
+    token_interval_s: float = Field(
+        0.0,
+        ge=0,
+        le=10,
+        description="0: the answer is one chunk. Above 0: one word per chunk, this long apart (a "
+        "simulated decode speed, for measuring what streaming costs, e.g. the guardrail hold-back).",
+    )
 
 
 GenerationModelConfig = Annotated[

@@ -44,13 +44,28 @@ class FixedEngine:
         words = self._words[:budget]
         finish: FinishReason = "length" if len(words) < len(self._words) else "stop"
         prompt = request.prompt if request.prompt is not None else self.render_chat(request.messages or ())
-        yield GenerationChunk(
-            index=0,
-            text=" ".join(words),
-            num_tokens=len(words),
-            finish_reason=finish,
-            prompt_tokens=self.count_tokens(prompt),
-        )
+        prompt_tokens = self.count_tokens(prompt)
+        interval = self.config.token_interval_s
+        if interval <= 0 or len(words) < 2:
+            yield GenerationChunk(
+                index=0,
+                text=" ".join(words),
+                num_tokens=len(words),
+                finish_reason=finish,
+                prompt_tokens=prompt_tokens,
+            )
+            return
+        for i, word in enumerate(words):
+            if i:
+                await asyncio.sleep(interval)
+            last = i == len(words) - 1
+            yield GenerationChunk(
+                index=0,
+                text=word if i == 0 else " " + word,
+                num_tokens=1,
+                finish_reason=finish if last else None,
+                prompt_tokens=prompt_tokens if i == 0 else None,
+            )
 
     async def check_health(self) -> None:
         return None
