@@ -14,12 +14,37 @@ import json
 import math
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from xml.etree import ElementTree as ET
 
 from evals.metrics.aggregate import paired_delta, summarize
-from evals.suite import Suite
+from evals.suite import Threshold
+
+
+class MetricLike(Protocol):
+    """What the report reads of a metric (:class:`evals.suite.MetricSpec` has it)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def key(self) -> str: ...
+    @property
+    def higher_is_better(self) -> bool: ...
+    @property
+    def threshold(self) -> Threshold | None: ...
+
+
+class SuiteLike(Protocol):
+    """What the report reads of a suite: :class:`evals.suite.Suite`, or a suite assembled in
+    code (the safety suites, ``pipelines.safety``)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def metrics(self) -> Sequence[MetricLike]: ...
+
 
 REPORT_VERSION = 1
 
@@ -39,7 +64,7 @@ def _clean(v: Any) -> Any:
     return v
 
 
-def build_report(suite: Suite, rows: list[dict[str, Any]], run: dict[str, Any]) -> dict[str, Any]:
+def build_report(suite: SuiteLike, rows: list[dict[str, Any]], run: dict[str, Any]) -> dict[str, Any]:
     """The whole report: run facts, per-metric summaries with CIs, per-category means, items."""
     metrics: dict[str, Any] = {}
     cats: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -80,7 +105,7 @@ def build_report(suite: Suite, rows: list[dict[str, Any]], run: dict[str, Any]) 
     )
 
 
-def gate(suite: Suite, report: dict[str, Any], baseline: dict[str, Any] | None) -> dict[str, Any]:
+def gate(suite: SuiteLike, report: dict[str, Any], baseline: dict[str, Any] | None) -> dict[str, Any]:
     """Per metric: ``passed``, why, and (with a baseline) the paired delta and its CI."""
     out: dict[str, Any] = {"passed": True, "metrics": {}}
     base_items = {str(r["id"]): r for r in (baseline or {}).get("items", [])}
@@ -93,7 +118,9 @@ def gate(suite: Suite, report: dict[str, Any], baseline: dict[str, Any] | None) 
             res["reasons"].append(f"mean {mean} below min {th.min}")
         if baseline is not None:
             now = {str(r["id"]): r for r in report["items"]}
-            ids = [i for i in now if i in base_items]
+            # items that have the metric on both sides (a combined report's items each carry
+            # only their own suite's metrics: pipelines.safety)
+            ids = [i for i in now if i in base_items and key in now[i] and key in base_items[i]]
             cur = [_num(now[i].get(key)) for i in ids]
             old = [_num(base_items[i].get(key)) for i in ids]
             sign = 1.0 if spec.higher_is_better else -1.0

@@ -211,10 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     from llmops.platform import locate_platform
     from pipelines.continuous_eval.cli import add_parser as add_pipeline
     from pipelines.ingest.cli import add_parser as add_ingest
+    from pipelines.safety.cli import add_parser as add_safety
 
     add_ingest(sub, load_config, locate_platform)
     add_pipeline(sub, load_config)
     add_eval(sub, load_config=load_config)
+    add_safety(sub, load_config)
     add_collections(sub, load_config)
 
     for name, helptext, func in (

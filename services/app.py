@@ -76,7 +76,13 @@ def build_app(config: ServicesConfig | dict[str, Any]) -> Application:
         rag = {
             r.name: RagDeployment.options(  # type: ignore[attr-defined]
                 **r.deployment.serve_options(deployment_name("rag", r.name))
-            ).bind(r.model_dump(), retrieval, generation[r.generator], monitoring)
+            ).bind(
+                r.model_dump(),
+                retrieval,
+                generation[r.generator],
+                monitoring,
+                cfg.guardrails.chain_for(r.name).rag_context.model_dump(),
+            )
             for r in cfg.rag
         }
     usage = None

@@ -8,6 +8,7 @@ per chunk; the stages live in :mod:`pipelines.ingest.stages`)::
       .map_batches(Chunker, ActorPool(1))        token-aware chunks with deterministic ids; a document
                                                  whose chunk ids all exist already → one "unchanged" row
       .map_batches(Embedder, ActorPool(1..n))    dense (sentence-transformers) + BM25 sparse vectors
+      .map_batches(InjectionScanner, ActorPool)  scan_injection only: prompt_injection score + flag
       .iter_batches()                            driver: StoreWriter → the vector store
 
 Every row carries a ``kind`` (``chunk``, ``unchanged``, ``quarantined``), so one
@@ -30,7 +31,14 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from pipelines.ingest.sources import ReadResult, RowFields, read_documents
-from pipelines.ingest.stages import Chunker, Embedder, ids_digest, quarantined_row, validate_batch
+from pipelines.ingest.stages import (
+    Chunker,
+    Embedder,
+    InjectionScanner,
+    ids_digest,
+    quarantined_row,
+    validate_batch,
+)
 from pipelines.ingest.validate import QuarantineWriter, dedupe_ids, quarantine_path
 from pipelines.ingest.writer import StoreWriter
 from pipelines.ray_env import ensure_ray, quiet_ray_data
@@ -166,7 +174,7 @@ def build_dataset(
     restarts: dict[str, Any] = {"max_restarts": 0}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
-        return (
+        ds = (
             ray.data.from_items(records, override_num_blocks=blocks)
             .map_batches(
                 functools.partial(validate_batch, collection_json=coll.model_dump_json()),
@@ -205,6 +213,21 @@ def build_dataset(
                 num_gpus=1 if cuda else 0,
                 **restarts,
             )
+        )
+        if not coll.scan_injection:
+            return ds
+        # The classifier (a MiniLM, on CPU) scores batch n while the embedders embed batch n+1.
+        # A quarter CPU reserved, like validation: with one whole CPU the stages would not all
+        # fit on a 2-core machine (chunker 0.5 + embedder 1 + validation 0.25) and the stream
+        # would stall; it encodes with the embedders' thread count all the same.
+        return ds.map_batches(
+            InjectionScanner,
+            fn_constructor_args=(coll.injection_threshold, threads),
+            batch_size=embed_batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+            num_cpus=0.25,
+            **restarts,
         )
 
 

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipelines.ingest.validate import QuarantineRecord, build_frame, validator_for
+
+if TYPE_CHECKING:
+    from services.retrieval.types import Chunk
 
 COLUMNS: dict[str, Any] = {  # column → value when a row has none
     "kind": "",
@@ -238,6 +242,71 @@ class Embedder:
             for i, sv in zip(idx, self.sparse.encode_documents(texts), strict=True):
                 sparse[i] = json.dumps([list(sv.indices), list(sv.values)])
         return {**batch, "dense": dense, "sparse": _strings(sparse)}
+
+
+class InjectionScanner:
+    """The prompt_injection score of the ``chunk`` rows of a batch (collections with scan_injection).
+
+    Adds ``injection_score`` (float64, NaN for other rows) and ``injection_flagged`` (bool):
+    the store writer puts both into the chunk's payload (:func:`scanned`). Like
+    :class:`Embedder`, the classifier loads in a background thread from the start and a
+    batch without chunks never waits for it. ``scorer``: one already loaded (tests).
+    """
+
+    def __init__(self, threshold: float | None, threads: int | None = None, scorer: Any = None) -> None:
+        import threading
+
+        self.threads = threads
+        self._scorer: Any = scorer
+        self._error: BaseException | None = None
+        self._loader = threading.Thread(target=self._load, args=(threshold,), daemon=True)
+        if scorer is None:
+            self._loader.start()
+
+    def _load(self, threshold: float | None) -> None:
+        try:
+            from services.retrieval.chunking import injection_scorer
+
+            self._scorer = injection_scorer(threshold)
+        except BaseException as exc:  # re-raised in the batch that needs the classifier
+            self._error = exc
+
+    @property
+    def scorer(self) -> Any:
+        if self._loader.is_alive():
+            self._loader.join()
+        if self._error is not None:
+            raise RuntimeError(
+                f"loading the prompt_injection classifier failed: {self._error}"
+            ) from self._error
+        return self._scorer
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        kinds = list(batch["kind"])
+        idx = [i for i, k in enumerate(kinds) if k == "chunk"]
+        scores = np.full(len(kinds), math.nan, dtype=np.float64)
+        flagged = np.zeros(len(kinds), dtype=bool)
+        if idx:
+            scorer = self.scorer
+            if self.threads:
+                import torch
+
+                torch.set_num_threads(self.threads)  # per call, as in Embedder
+            found = scorer.scores([str(batch["text"][i]) for i in idx])
+            for i, score in zip(idx, found, strict=True):
+                scores[i] = float(score)
+                flagged[i] = float(score) >= scorer.threshold
+        return {**batch, "injection_score": scores, "injection_flagged": flagged}
+
+
+def scanned(chunk: Chunk, row: dict[str, Any]) -> Chunk:
+    """``chunk`` with the scan result of its row (unchanged when the row was not scanned)."""
+    from dataclasses import replace
+
+    score = row.get("injection_score")
+    if score is None or math.isnan(float(score)):
+        return chunk
+    return replace(chunk, injection_score=float(score), injection_flagged=bool(row["injection_flagged"]))
 
 
 def quarantined_row(row: dict[str, Any]) -> QuarantineRecord:

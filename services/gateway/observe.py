@@ -99,6 +99,16 @@ class RequestObservation:
         with self.timer.stage(name):
             yield
 
+    def take_rag(self, meta: RagMeta) -> RagMeta:
+        """Keep a RAG model's citations, and its context scan as a guardrail decision."""
+        from services.rag.context_scan import decision_of
+
+        self.rag = meta
+        decision = decision_of(meta)
+        if decision is not None:
+            self.guardrails.append(decision)
+        return meta
+
     def trace_carrier(self) -> dict[str, str]:
         """The carrier to pass along deployment handle calls."""
         return carrier_of(self.span)
@@ -194,6 +204,9 @@ class GatewayObserver:
                 m.add_cost(obs.tenant, obs.model, obs.cost_usd)
             if obs.retry:
                 m.count_replica_retry(obs.route, obs.model, obs.retry)
+            for d in obs.guardrails:  # input and output decisions are counted where they are made
+                if d.direction == "context":
+                    m.count_guardrail(d.check, d.direction, d.result, obs.model, d.seconds)
         if self.usage is not None and obs.route in MODEL_ROUTES and obs.model != NO_MODEL and status < 400:
             self.usage.add(
                 obs.tenant or "", obs.model, obs.prompt_tokens, obs.completion_tokens, obs.cost_usd or 0.0

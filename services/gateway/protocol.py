@@ -9,6 +9,7 @@ vLLM does.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -159,10 +160,16 @@ class ChatCompletionRequest(_SamplingFields):
 
 
 class CompletionRequest(_SamplingFields):
-    """OpenAI's (legacy) completion request: one prompt or up to 64."""
+    """OpenAI's (legacy) completion request: one prompt or up to 64.
+
+    ``echo: true`` returns each prompt before its completion, with the prompt tokens'
+    logprobs when ``logprobs`` is set; with ``max_tokens: 0`` it scores the prompt and
+    generates nothing (how likelihood benchmarks such as CrowS-Pairs use the API). The
+    model's engine must support it, else a 400 ``unsupported_parameter`` names ``echo``.
+    """
 
     prompt: str | list[str] = Field(json_schema_extra={"minItems": 1, "maxItems": 64})
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_tokens: Annotated[int, Field(ge=0)] | None = Field(None, description="0 only with echo: true.")
     logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     echo: bool | None = None
     suffix: str | None = None
@@ -181,12 +188,20 @@ class CompletionRequest(_SamplingFields):
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
 
     def sampling(self) -> SamplingParams:
-        for name in ("echo", "suffix", "logit_bias"):
+        for name in ("suffix", "logit_bias"):
             if getattr(self, name):
                 raise UnsupportedParameterError(
                     f"'{name}' is not supported", param=name, value=getattr(self, name)
                 )
-        return self._common_sampling(self.max_tokens, self.logprobs)
+        if self.max_tokens == 0 and not self.echo:
+            raise InvalidRequestError(
+                "Invalid value for 'max_tokens': 0 generates nothing; it is only allowed with "
+                "echo: true (to score the prompt).",
+                param="max_tokens",
+                value=0,
+            )
+        # echo is the engine's to honour or refuse (check_supported names it), like top_k
+        return replace(self._common_sampling(self.max_tokens, self.logprobs), echo=bool(self.echo))
 
 
 class EmbeddingRequest(_Wire):
@@ -269,6 +284,11 @@ class RetrieveRequest(_Wire):
     hybrid: bool | None = None
     filter_strategy: Literal["pre", "in", "post"] | None = None
     hnsw_ef: Annotated[int, Field(ge=4, le=4096)] | None = None
+    exclude_flagged: bool = Field(
+        False,
+        description="Leave out chunks flagged as prompt injection at ingestion (collections with "
+        "scan_injection; chunks never scanned are kept).",
+    )
 
 
 class DocumentIn(_Wire):

@@ -367,7 +367,7 @@ def _collect(
     rag: RagMeta | None = None
     for ch in items:
         if isinstance(ch, RagMeta):
-            rag = obs.rag = ch
+            rag = obs.take_rag(ch)
             continue
         if isinstance(ch, (GenerationStats, StageTimings)):
             obs.absorb(ch)

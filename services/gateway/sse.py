@@ -238,7 +238,7 @@ async def sse_stream(
             t1 = clock()
             timer.record("generate", t1 - t0)
             if isinstance(ch, RagMeta):
-                rag = obs.rag = ch
+                rag = obs.take_rag(ch)
                 continue
             if isinstance(ch, (GenerationStats, StageTimings)):
                 obs.absorb(ch)

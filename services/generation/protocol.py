@@ -17,13 +17,15 @@ from typing import Literal, Protocol, runtime_checkable
 
 from services.errors import InvalidRequestError, UnsupportedParameterError
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "content_filter"]  # content_filter: a guardrail ended it
 
 # Every sampling parameter the API accepts. Each engine declares the subset it
 # honours in ``Engine.supported_params``; a request that sets any other one (to a
 # non-default value) is rejected with a 400 naming it.
+# ``echo`` (completions only) is one of them: an engine that cannot return the prompt's
+# own text and logprobs leaves it out and echo requests get a 400 naming it.
 ALL_SAMPLING_PARAMS: frozenset[str] = frozenset(
-    {"temperature", "top_p", "top_k", "max_tokens", "stop", "seed", "n", "logprobs", "num_beams"}
+    {"temperature", "top_p", "top_k", "max_tokens", "stop", "seed", "n", "logprobs", "num_beams", "echo"}
 )
 
 
@@ -39,12 +41,16 @@ class SamplingParams:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0  # 0: off
-    max_tokens: int | None = None  # None: up to the context window
+    max_tokens: int | None = None  # None: up to the context window; 0 only with echo (score the prompt)
     stop: tuple[str, ...] = ()
     seed: int | None = None
     n: int = 1
     logprobs: int | None = None  # None: off; k >= 0: the sampled token plus top-k alternatives
     num_beams: int = 1
+    #: completions: each choice starts with the prompt itself, as one chunk of 0 counted tokens
+    #: carrying the prompt tokens' logprobs when ``logprobs`` is set (the first one None, as
+    #: OpenAI reports it); the way to score a text's likelihood (``max_tokens=0``)
+    echo: bool = False
     explicit: frozenset[str] = field(default_factory=frozenset)
 
     @property
@@ -59,6 +65,9 @@ class SamplingParams:
 _DEFAULTS = SamplingParams()
 
 
+_HINTS = {"echo": ": it cannot return the prompt's tokens and logprobs"}
+
+
 def check_supported(params: SamplingParams, supported: frozenset[str], engine: str) -> None:
     """Raise :class:`UnsupportedParameterError` for a parameter ``engine`` cannot honour.
 
@@ -70,8 +79,9 @@ def check_supported(params: SamplingParams, supported: frozenset[str], engine: s
         value = getattr(params, name)
         neutral = value == 0.0 if name == "temperature" else params.is_default(name)
         if not neutral:
+            hint = _HINTS.get(name, "")
             raise UnsupportedParameterError(
-                f"The '{engine}' engine does not support '{name}' (got {value!r}).",
+                f"The '{engine}' engine does not support '{name}' (got {value!r}){hint}.",
                 param=name,
                 value=value,
             )
@@ -108,8 +118,11 @@ class GenerationRequest:
 
 @dataclass(frozen=True)
 class TokenLogprob:
+    """One token's logprob and its top alternatives. ``logprob`` is None only for the first
+    token of an echoed prompt: nothing precedes it, so it has no conditional probability."""
+
     token: str
-    logprob: float
+    logprob: float | None
     top: tuple[tuple[str, float], ...] = ()
 
 

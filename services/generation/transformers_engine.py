@@ -42,6 +42,11 @@ Semantics worth knowing:
   before temperature / top-k / top-p, i.e. the model's distribution, as vLLM
   reports by default. Every generated token, including EOS and the tokens of a
   stop string, is counted in ``num_tokens`` and carries a logprob entry.
+* ``echo`` (completions) first sends, per choice, the prompt text as a chunk of 0
+  counted tokens with the prompt tokens' logprobs when ``logprobs`` is set (one
+  forward pass in the worker thread; the first token's logprob is None, as OpenAI
+  reports it); ``max_tokens=0`` then ends the choice (``"length"``) without
+  generating: a prompt's likelihood, for scoring benchmarks.
 * ``dtype="auto"`` is float32 on CPU (half precision is slow or unsupported
   there) and the checkpoint's dtype on GPU.
 """
@@ -286,7 +291,16 @@ class TransformersEngine:
                 raise InvalidRequestError("The prompt is empty.", param="prompt", value=prompt)
             ids = [bos]
         max_new = self._max_new(params, len(ids), request)
+        if params.echo:
+            echoed = await self._echo(prompt, ids, params, finished=max_new == 0)
+            for chunk in echoed:
+                yield chunk
+            if max_new == 0:
+                return
         req = Request(request.request_id, params, ids, max_new, self._decode)
+        if params.echo:
+            for choice in req.choices:
+                choice.first_sent = True  # the echo chunk carried prompt_tokens
         batcher.submit(req)
         open_choices = params.n
         try:
@@ -316,6 +330,46 @@ class TransformersEngine:
         if params.max_tokens is None:
             return min(self.config.default_max_tokens, room)
         return params.max_tokens
+
+    async def _echo(
+        self, prompt: str, ids: list[int], params: SamplingParams, *, finished: bool
+    ) -> list[GenerationChunk]:
+        """``echo``: per choice, one chunk of the prompt text with 0 counted tokens (and the
+        prompt tokens' logprobs when asked; the first token's is None, as OpenAI reports it).
+
+        The forward pass runs in the worker thread, between batches (the model is not
+        thread-safe); ``finished``: nothing is generated after it (``max_tokens=0``).
+        """
+        logprobs: tuple[TokenLogprob, ...] | None = None
+        if params.logprobs is not None:
+            assert self._loop is not None
+            runner = ModelRunner(self._model, self._device, self._pad_id, self._eos_ids)
+            k = params.logprobs
+            scored = await self._loop.run_in_executor(self._executor, runner.prompt_logprobs, ids, k)
+            first = TokenLogprob(self._token_str(ids[0]), None, ())
+            logprobs = (
+                first,
+                *(
+                    TokenLogprob(
+                        self._token_str(t),
+                        chosen,
+                        tuple((self._token_str(i), v) for i, v in zip(tids, vals, strict=True)),
+                    )
+                    for t, (chosen, tids, vals) in zip(ids[1:], scored, strict=True)
+                ),
+            )
+        reason: FinishReason | None = "length" if finished else None
+        return [
+            GenerationChunk(
+                index=i,
+                text=prompt,
+                num_tokens=0,
+                finish_reason=reason,
+                logprobs=logprobs,
+                prompt_tokens=len(ids),
+            )
+            for i in range(params.n)
+        ]
 
     # ---- batcher (event loop) --------------------------------------------------------
 
@@ -411,9 +465,9 @@ class TransformersEngine:
 
 def _validate(params: SamplingParams) -> None:
     """Reject combinations this engine cannot honour (ranges are the gateway's job)."""
-    if params.max_tokens is not None and params.max_tokens < 1:
+    if params.max_tokens is not None and params.max_tokens < (0 if params.echo else 1):
         raise InvalidRequestError(
-            f"max_tokens must be at least 1, got {params.max_tokens}.",
+            f"max_tokens must be at least 1 (0 only with echo), got {params.max_tokens}.",
             param="max_tokens",
             value=params.max_tokens,
         )

@@ -190,6 +190,26 @@ class ModelRunner:
         new = out[:, input_ids.shape[1] :].tolist()
         return [new[i * params.n : (i + 1) * params.n] for i in range(len(group))]
 
+    def prompt_logprobs(self, ids: list[int], top_k: int) -> list[tuple[float, list[int], list[float]]]:
+        """``echo``: per prompt token after the first, its logprob given the tokens before it,
+        and the ids / logprobs of the ``top_k`` most likely tokens there.
+
+        One forward pass over the prompt; the log-softmax of the raw logits (no logits
+        processors: nothing is being sampled), the distribution likelihood benchmarks score.
+        """
+        with torch.inference_mode():
+            input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
+            logits = self.model(input_ids=input_ids).logits[0, :-1].float()
+            lp = torch.log_softmax(logits, dim=-1)
+            targets = input_ids[0, 1:].view(-1, 1)
+            chosen = lp.gather(1, targets).squeeze(1).tolist()
+            if top_k > 0 and len(chosen):
+                top = lp.topk(min(top_k, lp.shape[-1]), dim=-1)
+                top_ids, top_vals = top.indices.tolist(), top.values.tolist()
+            else:
+                top_ids = top_vals = [[] for _ in chosen]
+        return list(zip(chosen, top_ids, top_vals, strict=True))
+
     def _padded(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded input ids and attention mask (decoder-only models continue on the right)."""
         width = max(len(p) for p in prompts)

@@ -95,7 +95,13 @@ class CheckConfig(StrictModel):
 
 
 class RagContextConfig(StrictModel):
-    """The indirect-injection scan of retrieved chunks (RAG models)."""
+    """The indirect-injection scan of retrieved chunks (RAG models).
+
+    Two layers: chunks flagged at ingestion (collections with ``scan_injection``) are left
+    out by the search itself (``exclude_flagged``, an indexed filter); the chunks a search
+    returns are then scored (``enabled``) before the prompt is built, reusing the score
+    stored at ingestion where there is one.
+    """
 
     enabled: bool = Field(False, description="Scan retrieved chunks before they enter the prompt.")
     action: Literal["drop", "flag"] = Field(
@@ -105,6 +111,22 @@ class RagContextConfig(StrictModel):
         None, gt=0, lt=1, description="prompt_injection score at or above which a chunk is flagged "
         "(default: the classifier card's threshold)."
     )  # fmt: skip
+    exclude_flagged: bool | None = Field(
+        None,
+        description="The RAG search leaves out chunks flagged at ingestion (the collection's "
+        "scan_injection), whether or not the scan is enabled. Default: true with action drop, false "
+        "with action flag (flag records what would be dropped, so it must see those chunks).",
+    )
+    on_error: Literal["open", "closed"] = Field(
+        "closed",
+        description="When the classifier fails: closed leaves the chunks it could not score out of the "
+        "prompt (error_closed), open keeps them (error_open).",
+    )
+
+    @property
+    def excludes_flagged(self) -> bool:
+        """Whether the RAG search passes exclude_flagged (the default follows ``action``)."""
+        return self.action == "drop" if self.exclude_flagged is None else self.exclude_flagged
 
 
 class ChainConfig(StrictModel):

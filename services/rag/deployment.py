@@ -4,6 +4,10 @@ A RAG deployment speaks the same streaming interface as a generation deployment
 (``generate`` / ``generate_stream``), so the gateway serves it like any chat
 model; its stream ends with a :class:`RagMeta` item carrying the citations and
 how many retrieved chunks the context budget dropped.
+
+With the model's guardrail chain's ``rag_context`` scan on, the retrieved chunks
+are scanned for indirect prompt injection before the context is fitted
+(:mod:`services.rag.context_scan`); the scan's time is the ``guardrails`` stage.
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ from services.generation.protocol import (
     GenerationStats,
     StageTimings,
 )
+from services.guardrails.base import Scorer
 from services.rag.config import RagModelConfig
+from services.rag.context_scan import ContextScanner, ScanResult, meta_fields
 from services.rag.prompt import fit_context, new_boundary
 from services.rag.types import Citation, RagMeta
 from services.retrieval.types import SearchResult
@@ -46,10 +52,20 @@ def question_of(request: GenerationRequest) -> str:
 
 
 class RagServer:
-    def __init__(self, config: dict[str, Any], retrieval: Any, generator: Any) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        retrieval: Any,
+        generator: Any,
+        rag_context: dict[str, Any] | None = None,
+        scorer: Scorer | None = None,
+    ) -> None:
+        """``rag_context``: the model's guardrail chain's ``RagContextConfig`` (dict form);
+        ``scorer``: the prompt_injection classifier to scan with (default: the shipped one)."""
         self.config = RagModelConfig.model_validate(config)
         self.retrieval = retrieval
         self.generator = generator
+        self.context_scan = ContextScanner(rag_context, scorer)
         self._gen_info: dict[str, Any] | None = None
 
     async def info(self) -> dict[str, Any]:
@@ -83,8 +99,13 @@ class RagServer:
             score_threshold=cfg.score_threshold,
             hybrid=cfg.hybrid,
             trace=trace,
+            exclude_flagged=self.context_scan.config.excludes_flagged,
         )
         hits = found.hits
+        scan: ScanResult | None = None
+        if self.context_scan.enabled:
+            scan = await self.context_scan.scan(hits)
+        usable = scan.kept if scan is not None else hits
         info = await self.info()
         reserve = request.params.max_tokens or cfg.reserve_completion_tokens
         budget = max(int(info["context_length"]) - reserve, 1)
@@ -92,7 +113,7 @@ class RagServer:
         async def count(messages: tuple[ChatMessage, ...]) -> int:
             return int(await self.generator.count_chat_tokens.remote(messages))
 
-        fitted = await fit_context(cfg.instructions, hits, question, new_boundary(), count, budget)
+        fitted = await fit_context(cfg.instructions, usable, question, new_boundary(), count, budget)
         meta = RagMeta(
             citations=tuple(
                 Citation(i + 1, h.chunk.doc_id, h.chunk.id, h.score, h.chunk.source)
@@ -101,11 +122,18 @@ class RagServer:
             chunks_retrieved=len(hits),
             chunks_dropped=fitted.dropped,
             texts=tuple(h.chunk.text for h in fitted.hits),
+            **meta_fields(self.context_scan.config, scan),
         )
-        # the search round trip and fitting the context count as retrieval; embedding does not
-        timings = StageTimings(
-            {"embed": found.embed_s, "retrieve": max(0.0, time.perf_counter() - start - found.embed_s)}
-        )
+        # the search round trip and fitting the context count as retrieval; embedding does not,
+        # nor does the context scan (the gateway's guardrails stage, with the input checks)
+        guard_s = scan.seconds if scan is not None else 0.0
+        stages = {
+            "embed": found.embed_s,
+            "retrieve": max(0.0, time.perf_counter() - start - found.embed_s - guard_s),
+        }
+        if scan is not None:
+            stages["guardrails"] = guard_s
+        timings = StageTimings(stages)
         prepared = replace(
             request,
             prompt=None,
@@ -137,10 +165,16 @@ class RagDeployment:
     """Serve wrapper of :class:`RagServer`, with the generation deployment's interface."""
 
     def __init__(
-        self, config: dict[str, Any], retrieval: Any, generator: Any, monitoring: dict[str, Any] | None = None
+        self,
+        config: dict[str, Any],
+        retrieval: Any,
+        generator: Any,
+        monitoring: dict[str, Any] | None = None,
+        rag_context: dict[str, Any] | None = None,
     ) -> None:
         observability(monitoring)  # tracing, for the rag span
-        self.server = RagServer(config, retrieval, generator)
+        self.server = RagServer(config, retrieval, generator, rag_context)
+        self.server.context_scan.warm_up()  # a missing classifier fails the replica, not requests
 
     async def info(self) -> dict[str, Any]:
         return await self.server.info()

@@ -18,12 +18,15 @@ alone becomes ``ing``); the embedding model truncates at its own limit anyway.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from services.retrieval.types import Chunk, Document, chunk_id, content_hash
 
 if TYPE_CHECKING:
     from services.embeddings.encoder import Encoder
+    from services.guardrails.base import Scorer
 
 # The share of a window, counted from its end, searched for a better cut.
 BOUNDARY_WINDOW = 0.2
@@ -156,3 +159,32 @@ def chunk_document(
         )
         for i, (t, h) in enumerate((t, content_hash(t)) for t in texts)
     ]
+
+
+# -- the ingestion-time prompt-injection scan (collections with scan_injection) ----------------------
+def injection_scorer(threshold: float | None = None) -> Scorer:
+    """The shipped prompt_injection classifier; ``threshold`` None: its card's.
+
+    Imported here, not at module load, so a collection without ``scan_injection`` (and
+    every process that only chunks) never loads the classifier or needs its artifact.
+    """
+    from services.guardrails.classifier import ClassifierCheck
+
+    return ClassifierCheck(kind="prompt_injection", artifact=None, threshold=threshold)
+
+
+def flag_injection(chunks: Sequence[Chunk], scores: Sequence[float], threshold: float) -> list[Chunk]:
+    """``chunks`` carrying their classifier score, flagged when it is at or over ``threshold``."""
+    if len(scores) != len(chunks):
+        raise ValueError(f"one injection score per chunk: {len(chunks)} chunks, {len(scores)} scores")
+    return [
+        replace(c, injection_score=float(s), injection_flagged=float(s) >= threshold)
+        for c, s in zip(chunks, scores, strict=True)
+    ]
+
+
+def scan_chunks(chunks: Sequence[Chunk], scorer: Scorer) -> list[Chunk]:
+    """Score ``chunks`` in one batched classifier call and flag them at ``scorer.threshold``."""
+    if not chunks:
+        return []
+    return flag_injection(chunks, scorer.scores([c.text for c in chunks]), scorer.threshold)

@@ -147,6 +147,21 @@ class CollectionConfig(StrictModel):
     max_text_chars: int = Field(
         2_000_000, ge=1, le=100_000_000, description="Longer documents are quarantined."
     )
+    scan_injection: bool = Field(
+        False,
+        description="Score every chunk with the prompt_injection classifier at ingestion (API writes and "
+        "`llmops ingest`) and store injection_score and injection_flagged in its payload, so searches "
+        "with exclude_flagged leave flagged chunks out (an indexed filter) and RAG models reuse the "
+        "score instead of re-scoring. Off by default: it needs the trained classifier artifact and "
+        "costs a classifier pass per chunk (see services/guardrails/README).",
+    )
+    injection_threshold: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="scan_injection: score at or above which a chunk is flagged (default: the "
+        "classifier card's threshold). RAG models compare the stored score to their own threshold.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -171,6 +186,8 @@ class CollectionConfig(StrictModel):
             raise ValueError(
                 f"chunk_overlap ({self.chunk_overlap}) must be smaller than chunk_tokens ({self.chunk_tokens})"
             )
+        if self.injection_threshold is not None and not self.scan_injection:
+            raise ValueError("injection_threshold applies only with scan_injection: true")
         q = self.quantization
         if q is not None and q.kind == "binary" and self.distance in ("euclid", "manhattan"):
             raise ValueError(

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from ray import serve
@@ -26,13 +28,16 @@ from monitoring.tracing import start_span
 from services.embeddings.config import EmbeddingModelConfig
 from services.embeddings.encoder import Encoder
 from services.errors import InvalidRequestError, NotFoundError
-from services.retrieval.chunking import chunk_document
+from services.retrieval.chunking import chunk_document, injection_scorer, scan_chunks
 from services.retrieval.config import CollectionConfig, FilterStrategy, RetrievalConfig
 from services.retrieval.filters import build_filter
 from services.retrieval.sparse import BM25Encoder
 from services.retrieval.store import open_store
 from services.retrieval.types import Chunk, Document, SearchResult
 from services.retrieval.validation import validate_documents
+
+if TYPE_CHECKING:
+    from services.guardrails.base import Scorer
 
 logger = logging.getLogger("llmops.retrieval")
 
@@ -47,7 +52,10 @@ class RetrievalServer:
         data_dir: str,
         embed_handles: dict[str, Any],
         metrics: MetricSet | None = None,
+        scorer_factory: Callable[[float | None], Scorer] | None = None,
     ) -> None:
+        """``scorer_factory(threshold)``: the prompt_injection scorer of ``scan_injection``
+        collections (default: the shipped classifier; tests pass a fake)."""
         self.config = RetrievalConfig.model_validate(retrieval)
         self.metrics = metrics
         self._emb_cfgs = [EmbeddingModelConfig.model_validate(e) for e in embeddings]
@@ -62,6 +70,23 @@ class RetrievalServer:
         # background task per collection optimizes until it is clean (searches never wait for it)
         self._dirty: set[str] = set()
         self._optimizers: dict[str, asyncio.Task[None]] = {}
+        self._scorer_factory = scorer_factory or injection_scorer
+        self._scorers: dict[str, Scorer] = {}
+        self._scorer_lock = threading.Lock()
+
+    def injection_scorer(self, coll: CollectionConfig) -> Scorer:
+        """The classifier of a ``scan_injection`` collection, loaded once (blocking: call in a thread)."""
+        with self._scorer_lock:
+            if coll.name not in self._scorers:
+                self._scorers[coll.name] = self._scorer_factory(coll.injection_threshold)
+            return self._scorers[coll.name]
+
+    def warm_up(self) -> None:
+        """Load the classifier of every scan_injection collection now: a missing artifact fails
+        the replica at start, with the loader's message, rather than the first write."""
+        for coll in self.config.collections:
+            if coll.scan_injection:
+                self.injection_scorer(coll).scores(["warm-up"])
 
     def _embedding_name(self, coll: CollectionConfig) -> str:
         return coll.embedding_model or self._emb_cfgs[0].name
@@ -155,8 +180,12 @@ class RetrievalServer:
         trace: dict[str, str] | None = None,
         filter_strategy: FilterStrategy | None = None,
         hnsw_ef: int | None = None,
+        exclude_flagged: bool = False,
     ) -> SearchResult:
-        """Tenant-scoped search; ``trace`` is the caller's trace-context carrier."""
+        """Tenant-scoped search; ``trace`` is the caller's trace-context carrier.
+
+        ``exclude_flagged`` leaves out chunks the ingestion scan flagged as prompt injection
+        (collections with ``scan_injection``; chunks never scanned are kept)."""
         coll = self.collection(collection)
         if not query.strip():
             raise InvalidRequestError("query must contain text", param="query")
@@ -198,6 +227,7 @@ class RetrievalServer:
                 use_hybrid,
                 hnsw_ef,
                 filter_strategy,
+                exclude_flagged=exclude_flagged,
             )
             t2 = time.perf_counter()
             span.set_attribute("llmops.results", len(hits))
@@ -228,7 +258,9 @@ class RetrievalServer:
     async def upsert_documents(
         self, collection: str, tenant: str, documents: list[Document]
     ) -> dict[str, Any]:
-        """Validate, chunk, embed and write documents (same ids and rules as batch ingestion)."""
+        """Validate, chunk, scan (``scan_injection``), embed and write documents (same ids and
+        rules as batch ingestion). The changed documents' chunks are scanned in one batched
+        classifier call before anything is written, so a failing classifier writes nothing."""
         coll = self.collection(collection)
         await self._ensure(coll)
         valid, quarantined = await asyncio.to_thread(validate_documents, documents, coll)
@@ -241,12 +273,17 @@ class RetrievalServer:
             )
         tok = await asyncio.to_thread(self._tokenizer, coll)
         written = stale = unchanged = 0
+        todo: list[tuple[Document, list[Chunk]]] = []
         for doc in valid:
             chunks: list[Chunk] = chunk_document(doc, tenant, tok, coll.chunk_tokens, coll.chunk_overlap)
             existing = await asyncio.to_thread(self.store.doc_point_ids, collection, tenant, doc.doc_id)
             if chunks and existing == {c.id for c in chunks}:
                 unchanged += 1
                 continue
+            todo.append((doc, chunks))
+        if coll.scan_injection and todo:
+            todo = await asyncio.to_thread(self._scan, coll, todo)
+        for doc, chunks in todo:
             dense = await self._embed_texts(coll, [c.text for c in chunks])
             sparse = self.sparse.encode_documents([c.text for c in chunks]) if coll.hybrid else None
             w, d = await asyncio.to_thread(
@@ -264,6 +301,19 @@ class RetrievalServer:
             "stale_deleted": stale,
             "unchanged": unchanged,
         }
+
+    def _scan(
+        self, coll: CollectionConfig, todo: list[tuple[Document, list[Chunk]]]
+    ) -> list[tuple[Document, list[Chunk]]]:
+        flat = scan_chunks([c for _, chunks in todo for c in chunks], self.injection_scorer(coll))
+        out, i = [], 0
+        for doc, chunks in todo:
+            out.append((doc, flat[i : i + len(chunks)]))
+            i += len(chunks)
+        flagged = sum(bool(c.injection_flagged) for c in flat)
+        if flagged:
+            logger.info("collection %r: %d of %d chunk(s) flagged as prompt injection", coll.name, flagged, i)
+        return out
 
     async def delete_document(self, collection: str, tenant: str, doc_id: str) -> dict[str, Any]:
         coll = self.collection(collection)
@@ -297,6 +347,7 @@ class RetrievalDeployment:
     ) -> None:
         obs = observability(monitoring)
         self.server = RetrievalServer(retrieval, embeddings, data_dir, embed_handles, obs.metrics)
+        self.server.warm_up()
         logger.info("retrieval over %s", self.server.store.describe())
 
     async def search(self, collection: str, tenant: str, query: str, **kw: Any) -> SearchResult:

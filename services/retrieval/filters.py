@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from services.errors import InvalidRequestError
+from services.retrieval.types import INJECTION_FLAGGED
 
 _FIELD = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$")
 _TOP_LEVEL_FIELDS = ("doc_id", "source")
@@ -42,17 +43,28 @@ class Condition:
 
 @dataclass(frozen=True)
 class FilterSpec:
-    """The caller's tenant plus the request's conditions (all must hold)."""
+    """The caller's tenant plus the request's conditions (all must hold).
+
+    ``exclude_flagged`` leaves out chunks the ingestion scan flagged as prompt injection
+    (``injection_flagged == true``). Like the tenant it is a platform condition, not a user
+    one: every backend puts it inside the engine's filter as a ``must_not`` on an indexed
+    field, so a point written before the scan existed (no field) is never excluded.
+    """
 
     tenant: str
     conditions: tuple[Condition, ...] = field(default=())
+    exclude_flagged: bool = False
 
     def tenant_only(self) -> FilterSpec:
-        return FilterSpec(self.tenant)
+        """What the engine applies under the ``post`` strategy: the platform's conditions only."""
+        return FilterSpec(self.tenant, exclude_flagged=self.exclude_flagged)
 
 
 def build_filter(
-    filter: dict[str, Any] | None, tenant: str, text_fields: Collection[str] | None = None
+    filter: dict[str, Any] | None,
+    tenant: str,
+    text_fields: Collection[str] | None = None,
+    exclude_flagged: bool = False,
 ) -> FilterSpec:
     """The filter of a search: ``tenant == tenant`` AND each condition of ``filter``.
 
@@ -68,14 +80,15 @@ def build_filter(
         InvalidRequestError: with ``param="filter"`` or ``param="filter.<field>"``.
     """
     if filter is None:
-        return FilterSpec(tenant)
+        return FilterSpec(tenant, exclude_flagged=exclude_flagged)
     if not isinstance(filter, dict):
         raise InvalidRequestError(
             f"filter must be a JSON object mapping a field to a condition; got {type(filter).__name__}",
             param="filter",
             value=filter,
         )
-    return FilterSpec(tenant, tuple(_condition(f, c, text_fields) for f, c in filter.items()))
+    conditions = tuple(_condition(f, c, text_fields) for f, c in filter.items())
+    return FilterSpec(tenant, conditions, exclude_flagged)
 
 
 def _condition(field: Any, cond: Any, text_fields: Collection[str] | None) -> Condition:
@@ -195,5 +208,7 @@ def _holds(c: Condition, payload: dict[str, Any]) -> bool:
 
 
 def matches(spec: FilterSpec, payload: dict[str, Any]) -> bool:
-    """Whether a stored payload satisfies the spec (tenant and every condition)."""
+    """Whether a stored payload satisfies the spec (tenant, the flag exclusion and every condition)."""
+    if spec.exclude_flagged and payload.get(INJECTION_FLAGGED) is True:
+        return False
     return payload.get("tenant") == spec.tenant and all(_holds(c, payload) for c in spec.conditions)

@@ -14,6 +14,9 @@ from typing import Any
 
 # fixed namespace for chunk ids; never change it (ids would change with it)
 CHUNK_NAMESPACE = uuid.UUID("6f0c2a4e-8b1d-5f3a-9c7e-2d4b6a8c0e1f")
+#: payload keys of the ingestion-time prompt-injection scan (absent on chunks never scanned)
+INJECTION_SCORE = "injection_score"
+INJECTION_FLAGGED = "injection_flagged"
 
 
 def content_hash(text: str) -> str:
@@ -49,9 +52,14 @@ class Chunk:
     source: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
     doc_chunks: int = 1  # how many chunks the document has (for replace-on-change)
+    #: the prompt_injection classifier's score at ingestion (None: never scanned, e.g. the
+    #: collection's scan_injection is off, or it was written before the scan existed)
+    injection_score: float | None = None
+    #: the score was at or over the ingestion threshold: searches with exclude_flagged leave it out
+    injection_flagged: bool | None = None
 
     def payload(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "doc_id": self.doc_id,
             "chunk_index": self.chunk_index,
             "text": self.text,
@@ -61,6 +69,12 @@ class Chunk:
             "metadata": self.metadata,
             "doc_chunks": self.doc_chunks,
         }
+        # only scanned chunks carry the fields: a missing flag reads as "not flagged" everywhere
+        # (the exclusion is a must_not on flag == true, which a point without the field passes)
+        if self.injection_score is not None:
+            out[INJECTION_SCORE] = self.injection_score
+            out[INJECTION_FLAGGED] = bool(self.injection_flagged)
+        return out
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,24 @@ KEYS = {"acme": "sk-test-acme-key", "globex": "sk-test-globex-key"}
 ADMIN_KEY = "sk-test-ops-admin-key"  # tenant "ops", may read every tenant's usage
 TINY = "tiny-llama"
 FIXED_2 = "fixed-2"
+GUARDED = "guarded"
+#: what the guarded model answers: PII early, a private key from word 30 on
+GUARDED_ANSWER = (
+    "Call the desk on 212-555-0199 or write to ops-team@example.com and quote card 4111 1111 1111 1111 "
+    "if billing asks. The on-call rota is in the wiki, next to the runbooks for every alert we ship. "
+    "Here is the deploy key: -----BEGIN RSA PRIVATE KEY----- MIIEowIBAAKCAQEA7bq0bL3Xn8s9 end."
+)
+GUARDED_CHAIN = {
+    "input": [
+        {"type": "secrets", "action": "redact"},
+        {"type": "pii", "action": "redact"},
+        {"type": "prompt_injection", "action": "block"},
+        {"type": "harmful", "action": "block"},
+    ],
+    "output": [{"type": "secrets", "action": "block"}, {"type": "pii", "action": "redact"}],
+    "holdback_tokens": 8,
+    "scan_every_tokens": 4,
+}
 
 
 def deployment_call(deployment: str, method: str) -> Any:
@@ -107,6 +125,15 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
                     "pricing": {"mode": "gpu_hour", "usd_per_gpu_hour": 3.6},
                 },
                 {
+                    # guardrails on the real gateway (tests/integration/test_guardrails.py): an answer
+                    # holding PII, then a private key, streamed word by word
+                    "name": GUARDED,
+                    "engine": "fixed",
+                    "text": GUARDED_ANSWER,
+                    "token_interval_s": 0.002,
+                    "deployment": {"num_cpus": 0.1},
+                },
+                {
                     # two replicas, each request 50 ms in flight: test_replica_death kills one under load
                     "name": FIXED_2,
                     "engine": "fixed",
@@ -114,6 +141,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
                     "deployment": {"num_replicas": 2, "num_cpus": 0.1, "max_ongoing_requests": 32},
                 },
             ],
+            "guardrails": {"models": {GUARDED: GUARDED_CHAIN}},
             "retrieval": {
                 "collections": [
                     {"name": "docs", "hybrid": True, "required_metadata": []},

@@ -106,8 +106,8 @@ def test_completion_and_embedding_requests() -> None:
     c = parse_request(CompletionRequest, {"model": "m", "prompt": ["a", "b"], "logprobs": 2})
     assert c.prompts() == ["a", "b"] and c.sampling().logprobs == 2
     with pytest.raises(UnsupportedParameterError) as exc:
-        parse_request(CompletionRequest, {"model": "m", "prompt": "a", "echo": True}).sampling()
-    assert exc.value.param == "echo"
+        parse_request(CompletionRequest, {"model": "m", "prompt": "a", "suffix": "z"}).sampling()
+    assert exc.value.param == "suffix"  # echo is the engine's to refuse: tests/unit/test_echo_logprobs.py
     e = parse_request(EmbeddingRequest, {"model": "m", "input": "x", "encoding_format": "base64"})
     assert e.texts() == ["x"]
     with pytest.raises(InvalidRequestError) as exc2:

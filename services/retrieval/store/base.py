@@ -21,7 +21,7 @@ import numpy as np
 from services.errors import NotFoundError, ServiceUnavailableError
 from services.retrieval.config import CollectionConfig, FilterStrategy, VectorStoreConfig
 from services.retrieval.filters import FilterSpec, build_filter, matches
-from services.retrieval.types import Chunk, Hit, SparseVector
+from services.retrieval.types import INJECTION_FLAGGED, INJECTION_SCORE, Chunk, Hit, SparseVector
 
 log = logging.getLogger("services.retrieval.store")
 
@@ -258,6 +258,7 @@ class BaseStore:
         ef: int | None = None,
         strategy: FilterStrategy | None = None,
         quantized: bool = True,
+        exclude_flagged: bool = False,
     ) -> list[Hit]:
         """The ``top_k`` chunks of ``tenant`` nearest the query, best first.
 
@@ -274,6 +275,8 @@ class BaseStore:
         ``post_filter_factor * top_k`` candidates, then the filter. ``exact`` searches
         exactly whatever the strategy; ``ef`` overrides the collection's ``search_ef``;
         ``quantized=False`` searches the original vectors even if quantized copies exist.
+        ``exclude_flagged`` leaves out chunks the ingestion scan flagged as prompt injection,
+        inside the engine's filter (indexed; chunks never scanned are kept).
 
         An empty sparse vector (a query of only stopwords) counts as none; with
         neither vector there is nothing to match and the result is ``[]``.
@@ -284,7 +287,7 @@ class BaseStore:
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1; got {top_k}")
         cfg = self.collection_config(collection)
-        spec = build_filter(filter, tenant)
+        spec = build_filter(filter, tenant, exclude_flagged=exclude_flagged)
         if sparse is not None and not sparse.indices:
             sparse = None
         qdense = np.asarray(dense, dtype=np.float32).reshape(-1).tolist() if dense is not None else None
@@ -331,6 +334,9 @@ def named_vectors(
 
 
 def chunk_from_payload(point_id: str, p: dict[str, Any]) -> Chunk:
+    raw = p.get(INJECTION_SCORE)
+    # a payload written before the scan existed has no score: not scanned, so never flagged
+    score = float(raw) if isinstance(raw, int | float) and not isinstance(raw, bool) else None
     return Chunk(
         id=point_id,
         doc_id=str(p.get("doc_id", "")),
@@ -341,4 +347,6 @@ def chunk_from_payload(point_id: str, p: dict[str, Any]) -> Chunk:
         source=str(p.get("source", "")),
         metadata=dict(p.get("metadata") or {}),
         doc_chunks=int(p.get("doc_chunks", 1)),
+        injection_score=score,
+        injection_flagged=p.get(INJECTION_FLAGGED) is True if score is not None else None,
     )

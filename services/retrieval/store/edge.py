@@ -52,7 +52,7 @@ from services.retrieval.store.base import (
     named_vectors,
     not_found,
 )
-from services.retrieval.types import Chunk, SparseVector
+from services.retrieval.types import INJECTION_FLAGGED, Chunk, SparseVector
 
 _DISTANCE = {
     "cosine": qe.Distance.Cosine,
@@ -156,9 +156,18 @@ def _condition(c: Condition) -> qe.FieldCondition:
     return qe.FieldCondition(key=c.key, match=qe.MatchText(c.value))
 
 
+#: the ingestion-flagged chunks, as their boolean term (keyword-indexed under BOOL_TERMS)
+FLAGGED_TERM = f"{INJECTION_FLAGGED}=true"
+
+
 def edge_filter(spec: FilterSpec) -> qe.Filter:
     tenant = qe.FieldCondition(key="tenant", match=qe.MatchValue(spec.tenant))
-    return qe.Filter(must=[tenant, *(_condition(c) for c in spec.conditions)])
+    # must_not on the indexed term: a point without the flag (never scanned) is kept
+    flagged: list[Any] = [qe.FieldCondition(key=BOOL_TERMS, match=qe.MatchValue(FLAGGED_TERM))]
+    return qe.Filter(
+        must=[tenant, *(_condition(c) for c in spec.conditions)],
+        must_not=flagged if spec.exclude_flagged else None,
+    )
 
 
 def _search_params(plan: QueryPlan) -> qe.SearchParams:
@@ -313,6 +322,7 @@ class EdgeStore(BaseStore):
         wanted: dict[str, Any] = {
             "tenant": qe.KeywordIndexParams(is_tenant=True),  # co-locates each tenant's points
             "doc_id": qe.PayloadSchemaType.Keyword,
+            # every boolean, injection_flagged included (the exclude_flagged filter), as a keyword term
             BOOL_TERMS: qe.PayloadSchemaType.Keyword,
         }
         for field, kind in cfg.payload_indexes.items():

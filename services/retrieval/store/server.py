@@ -44,7 +44,7 @@ from services.retrieval.store.base import (
     not_found,
     unreachable,
 )
-from services.retrieval.types import Chunk, SparseVector
+from services.retrieval.types import INJECTION_FLAGGED, Chunk, SparseVector
 
 _DISTANCE = {d: models.Distance(d.capitalize()) for d in ("cosine", "dot", "euclid", "manhattan")}
 _BINARY = {
@@ -68,7 +68,12 @@ def _condition(c: Condition) -> models.FieldCondition:
 
 def qdrant_filter(spec: FilterSpec) -> models.Filter:
     tenant = models.FieldCondition(key="tenant", match=models.MatchValue(value=spec.tenant))
-    return models.Filter(must=[tenant, *(_condition(c) for c in spec.conditions)])
+    # must_not on the bool-indexed flag: a point without the field (never scanned) is kept
+    flagged = [models.FieldCondition(key=INJECTION_FLAGGED, match=models.MatchValue(value=True))]
+    return models.Filter(
+        must=[tenant, *(_condition(c) for c in spec.conditions)],
+        must_not=flagged if spec.exclude_flagged else None,
+    )
 
 
 def _quantization(q: QuantizationConfig | None) -> Any:
@@ -233,6 +238,9 @@ class ServerStore(BaseStore):
         self._client.create_payload_index(cfg.name, "tenant", field_schema=tenant_index, wait=True)
         keyword = models.PayloadSchemaType.KEYWORD
         self._client.create_payload_index(cfg.name, "doc_id", field_schema=keyword, wait=True)
+        # the exclude_flagged filter, indexed on every collection like tenant (Edge: its bool term)
+        boolean = models.PayloadSchemaType.BOOL
+        self._client.create_payload_index(cfg.name, INJECTION_FLAGGED, field_schema=boolean, wait=True)
         for field, kind in cfg.payload_indexes.items():
             schema: Any = models.PayloadSchemaType(kind)
             if kind == "text":
