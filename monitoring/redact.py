@@ -1,54 +1,62 @@
-"""PII and secret redaction for text that may reach a log.
+"""PII and secret redaction for text that may reach a log or the inference table.
 
-Used when ``monitoring.request_log.include_prompts`` is on: prompts and completions are
-logged only after :func:`redact`. Pattern-based, so it errs towards redacting (a
-16-digit order number that passes the Luhn check is redacted as a card number);
-what it does not know (names, street addresses) it leaves, which is why logging
-prompts is off by default.
+Used when ``monitoring.request_log.include_prompts`` is on, and for every text
+column of the inference table: prompts and completions are written only after
+:func:`redact`. It runs the guardrails' own detectors
+(:class:`services.guardrails.pii.PiiCheck` and
+:class:`services.guardrails.secrets.SecretsCheck`, default settings), so a log
+masks exactly what an input or output ``redact`` check masks; only the labels are
+the log's shorter kinds (``[EMAIL]``, ``[PHONE]``, ``[CARD]``, ``[SECRET]``), which
+dashboards and the continuous-eval readers already expect. What the detectors do
+not know (names, street addresses) is left, which is why logging prompts is off by
+default.
+
+Layering: ``monitoring`` imports no area (DESIGN.md), but two redactors that
+disagree would be worse, so the detectors are imported lazily, on the first call
+(``presidio_analyzer`` takes ~3 s to import): importing this module stays cheap
+and cycle-free. Call :func:`warm` at start-up to pay that cost before the first
+request.
 """
 
 from __future__ import annotations
 
-import re
+import functools
+import threading
+from typing import Any
 
-__all__ = ["PATTERNS", "redact"]
+__all__ = ["LOG_LABELS", "redact", "warm"]
 
-# Order matters: secrets and e-mails before the number patterns that would eat
-# their digits.
-PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
-    # "Bearer <token>", "sk-..." style API keys, AWS access key ids, JWTs
-    ("SECRET", re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{8,}")),
-    ("SECRET", re.compile(r"\b(?:sk|pk|rk)-[A-Za-z0-9_-]{16,}\b")),
-    ("SECRET", re.compile(r"\bAKIA[0-9A-Z]{16}\b")),
-    ("SECRET", re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\b")),
-    ("EMAIL", re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b")),
-    ("IP", re.compile(r"\b(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)\b")),
-    ("IP", re.compile(r"(?i)\b(?:[0-9a-f]{1,4}:){7}[0-9a-f]{1,4}\b")),
-    ("SSN", re.compile(r"\b\d{3}-\d{2}-\d{4}\b")),
-    ("CARD", re.compile(r"\b(?:\d[ -]?){12,18}\d\b")),
-    ("PHONE", re.compile(r"(?<![\w+])\+?\d{1,3}?[ .-]?\(?\d{2,4}\)?[ .-]?\d{3}[ .-]?\d{3,4}\b")),
-)
+#: detector label -> the log's kind; every secret label becomes SECRET, others keep their name
+LOG_LABELS: dict[str, str] = {
+    "EMAIL_ADDRESS": "EMAIL",
+    "PHONE_NUMBER": "PHONE",
+    "CREDIT_CARD": "CARD",
+    "US_SSN": "SSN",
+    "IP_ADDRESS": "IP",
+    "IBAN_CODE": "IBAN",
+}
+_lock = threading.Lock()
 
 
-def _luhn_ok(digits: str) -> bool:
-    total, alt = 0, False
-    for ch in reversed(digits):
-        d = int(ch)
-        if alt:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-        alt = not alt
-    return total % 10 == 0
+@functools.cache
+def _detectors() -> tuple[Any, Any, dict[str, str]]:
+    with _lock:  # the inference-table writer thread and the event loop may both be first
+        from services.guardrails.pii import PiiCheck
+        from services.guardrails.secrets import LABELS, SecretsCheck
+
+        return PiiCheck(), SecretsCheck(), {**LOG_LABELS, **dict.fromkeys(LABELS, "SECRET")}
 
 
-def _card(match: re.Match[str]) -> str:
-    digits = re.sub(r"\D", "", match.group())
-    # only numbers that could be cards: other long digit runs are left to the phone rule
-    return "[CARD]" if 13 <= len(digits) <= 19 and _luhn_ok(digits) else match.group()
+def warm() -> None:
+    """Build the detectors now (imports Presidio) rather than on the first :func:`redact`."""
+    _detectors()
 
 
 def redact(text: str) -> str:
-    """``text`` with e-mails, phone/card/SSN numbers, IPs and secrets replaced by ``[KIND]``."""
-    for kind, pattern in PATTERNS:
-        text = pattern.sub(_card if kind == "CARD" else f"[{kind}]", text)
-    return text
+    """``text`` with e-mails, phone/card/SSN/IBAN numbers, IPs and secrets replaced by ``[KIND]``."""
+    if not text:
+        return text
+    from services.guardrails.pii import redact as redact_spans
+
+    pii, secrets, labels = _detectors()
+    return redact_spans(text, [*secrets.find(text), *pii.find(text)], labels=labels)

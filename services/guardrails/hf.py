@@ -54,13 +54,17 @@ class HFClassifierCheck:
     ) -> None:
         p = Path(path).expanduser()
         if not p.is_dir():
-            raise FileNotFoundError(f"path: {str(p)!r} is not a directory (give a local Hugging Face model dir)")
+            raise FileNotFoundError(
+                f"path: {str(p)!r} is not a directory (give a local Hugging Face model dir)"
+            )
         if not (p / "config.json").is_file():
             raise FileNotFoundError(f"path: {str(p)!r} has no config.json (not a Hugging Face model dir)")
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {threshold}")
         if max_length < 4 or batch_size < 1:
-            raise ValueError(f"max_length must be at least 4 and batch_size at least 1 ({max_length}, {batch_size})")
+            raise ValueError(
+                f"max_length must be at least 4 and batch_size at least 1 ({max_length}, {batch_size})"
+            )
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -72,7 +76,9 @@ class HFClassifierCheck:
         self.device = device
         self.tokenizer: Any = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
         if not getattr(self.tokenizer, "is_fast", False):
-            raise ValueError(f"path: the tokenizer in {str(p)!r} is not a fast tokenizer (windows need offsets)")
+            raise ValueError(
+                f"path: the tokenizer in {str(p)!r} is not a fast tokenizer (windows need offsets)"
+            )
         self.model: Any = AutoModelForSequenceClassification.from_pretrained(str(p), local_files_only=True)
         self.model.to(device).eval()
         self._torch = torch
@@ -89,6 +95,18 @@ class HFClassifierCheck:
         if self.window_tokens < 1:
             raise ValueError(f"max_length {max_length} leaves no room for text beside the special tokens")
         self.stride_tokens = max(1, self.window_tokens * 3 // 4)
+        self._prefix, self._suffix = self._special_affixes()
+
+    def _special_affixes(self) -> tuple[list[int], list[int]]:
+        """The special tokens the tokenizer puts before and after one sequence (``[CLS]``/``[SEP]``,
+        ``<s>``/``</s>``), found by tokenising a probe both ways: windows are cut from ids."""
+        probe = "hello world"
+        bare = self.tokenizer(probe, add_special_tokens=False)["input_ids"]
+        full = self.tokenizer(probe, add_special_tokens=True)["input_ids"]
+        for i in range(len(full) - len(bare) + 1):
+            if full[i : i + len(bare)] == bare:
+                return list(full[:i]), list(full[i + len(bare) :])
+        raise ValueError(f"path: cannot place the special tokens of the tokenizer in {str(self.path)!r}")
 
     def _resolve_labels(self, labels: Sequence[str] | None) -> list[int]:
         names = self.label_names
@@ -133,7 +151,7 @@ class HFClassifierCheck:
         order = sorted(range(len(windows)), key=lambda i: -len(windows[i]))  # little padding
         for b in range(0, len(order), self.batch_size):
             idx = order[b : b + self.batch_size]
-            feats = [{"input_ids": self.tokenizer.build_inputs_with_special_tokens(windows[i])} for i in idx]
+            feats = [{"input_ids": [*self._prefix, *windows[i], *self._suffix]} for i in idx]
             batch = self.tokenizer.pad(feats, padding=True, return_tensors="pt")
             batch = {k: v.to(self.device) for k, v in batch.items()}
             with torch.inference_mode():
@@ -167,4 +185,7 @@ class HFClassifierCheck:
 
     def scan(self, texts: Sequence[str]) -> list[list[Finding]]:
         """One finding per text at or over the threshold, labelled ``kind``, spanning its best window."""
-        return [[Finding(self.kind, c0, c1, s)] if s >= self.threshold else [] for s, c0, c1 in self.details(texts)]
+        return [
+            [Finding(self.kind, c0, c1, s)] if s >= self.threshold else []
+            for s, c0, c1 in self.details(texts)
+        ]

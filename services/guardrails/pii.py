@@ -4,11 +4,12 @@ Presidio's ``AnalyzerEngine`` wants an NLP engine (its default loads, or downloa
 ``en_core_web_lg``) and its e-mail recognizer asks ``tldextract`` for the public
 suffix list over the network. Neither is acceptable on the gateway, so
 :class:`PiiCheck` drives the recognizers itself: each is a Presidio
-``EntityRecognizer`` called with no NLP artifacts, behind a cheap gate (a text
-without a digit never runs the number recognizers), and the check does the one
-thing the engine's lemma-based context enhancer would have needed spaCy for:
-a weak match (a bare ``467 3395``) counts only with a context word (``phone``,
-``call``, ``fax``) close to it.
+``EntityRecognizer`` called with no NLP artifacts. The number recognizers run
+only on the text around its digits (:class:`_Windows`: a text without a digit
+costs them nothing), and the check does the one thing the engine's lemma-based
+context enhancer would have needed spaCy for: a weak match (a bare ``467 3395``,
+a 9-digit passport number) counts only with a context word (``phone``, ``fax``,
+``passport``) a few words before or just after it.
 
 Where Presidio's own recognizer misses formats or is too slow, a recognizer here
 replaces it: e-mail (anchored on ``@``, suffix checked against tldextract's
@@ -31,7 +32,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import regex  # type: ignore[import-untyped]
+import regex
 from presidio_analyzer import EntityRecognizer, LocalRecognizer, Pattern, RecognizerResult
 from presidio_analyzer.predefined_recognizers import (
     CreditCardRecognizer,
@@ -54,16 +55,19 @@ __all__ = ["DEFAULT_ENTITIES", "SUPPORTED_ENTITIES", "PiiCheck", "redact"]
 #: characters before / after a weak match searched for a context word
 CONTEXT_BEFORE, CONTEXT_AFTER = 40, 16
 _WORD = re.compile(r"[a-z]+")
+#: what recognizers get for NLP artifacts: none (no spaCy); pattern recognizers do not read them
+_NO_NLP: Any = None
 #: the ``regex`` module (Presidio's) finds digit runs ~5x faster than ``re`` here
 _DIGITS = regex.compile(r"\d+")
+_SPACE, _SPACE_BEFORE = regex.compile(r"\s"), regex.compile(r"(?r)\s")  # (?r): searches backwards
 
 
 class RegexRecognizer(LocalRecognizer):
     """A Presidio recognizer over a stdlib ``re`` pattern and a scoring function.
 
-    ``score(match)`` returns the match's score, or None to drop it. Stdlib ``re``
-    (not the ``regex`` module Presidio compiles with, case-insensitively) because
-    these patterns run on every streamed chunk.
+    ``score(match)`` returns the match's score, or None to drop it: the formats
+    (dates, dotted quads, separators) are judged in Python, where a single regex
+    would need a branch per country. The pattern's ``v`` group is the span.
     """
 
     def __init__(
@@ -132,7 +136,7 @@ class EmailRecognizer(LocalRecognizer):
 # -- phone ------------------------------------------------------------------------------
 _PHONE = re.compile(
     r"(?<![\w.\-/@#&=%$])(?P<v>"
-    r"(?P<cc>\+\d{1,3}(?:[ .-]?\(0\))?[ .-]?)?"  # +41, +41 (0)
+    r"(?P<cc>\+[1-9]\d{0,2}(?:[ .-]?\(0\))?[ .-]?)?"  # +41, +41 (0); E.164 codes never start with 0
     r"(?P<area>\(\d{1,5}\)[ .-]?)?"  # (602), (08)
     r"(?P<body>\d+(?:[ .-]\d+){0,6})"
     r"(?P<ext>(?<=\d\d\d)[ ]?(?:x|ext\.?|extension)[ ]?\d{1,6})?"  # x4587, not 0x10
@@ -171,7 +175,14 @@ def _phone_score(m: re.Match[str]) -> float | None:
     if not (cc or area) and (_date_like(groups) or (seps == {"."} and len(groups) == 4)):
         return None  # a date or a dotted quad (an IP, a version)
     lens = [len(g) for g in groups]
-    if cc or area or m.group("ext") or lens == [3, 3, 4] or (len(groups) >= 4 and min(lens) >= 2):
+    national = digits <= 12 or body.startswith("00")  # longer without a country code: a card, an IBAN
+    if (
+        cc
+        or area
+        or m.group("ext")
+        or lens == [3, 3, 4]
+        or (national and len(groups) >= 4 and min(lens) >= 2)
+    ):
         return 0.7
     return 0.4
 
@@ -202,9 +213,9 @@ class CardRecognizer(CreditCardRecognizer):
 
 # -- IP ---------------------------------------------------------------------------------
 _IPV4 = re.compile(
-    r"(?<![\w.])(?P<v>(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d))(?![\w/]|\.\d)"
+    r"(?<![\w.])(?P<v>(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d))(?!\w|\.\d|/\d)"
 )
-_IPV6 = re.compile(r"(?<![\w:.])(?P<v>(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4})(?![\w:/]|\.\d)")
+_IPV6 = re.compile(r"(?<![\w:.])(?P<v>(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4})(?![\w:]|\.\d|/\d)")
 
 
 def _ip_score(m: re.Match[str]) -> float | None:
@@ -231,6 +242,8 @@ class SsnRecognizer(UsSsnRecognizer):
         super().__init__(patterns=[p for p in UsSsnRecognizer.PATTERNS if "medium" in p.name])
 
     def invalidate_result(self, pattern_text: str) -> bool:
+        if pattern_text[0] == "9":
+            return True  # area 9xx is never issued: those are ITINs
         if re.sub(r"\D", "", pattern_text) in ("123456789", "987654320", "078051120"):
             return len(set(re.findall(r"[ .-]", pattern_text))) > 1
         return bool(super().invalidate_result(pattern_text))
@@ -255,7 +268,7 @@ _ENTITIES: dict[str, _Entity] = {
         lambda: RegexRecognizer("PHONE_NUMBER", _PHONE, _phone_score, _PHONE_CONTEXT), 32
     ),
     "CREDIT_CARD": _Entity(CardRecognizer, 25),
-    "IBAN_CODE": _Entity(lambda: IbanRecognizer(regex_flags=re.DOTALL | re.MULTILINE | re.IGNORECASE), 42),
+    "IBAN_CODE": _Entity(lambda: IbanRecognizer(regex_flags=regex.DOTALL | regex.MULTILINE | regex.IGNORECASE), 42),
     "US_SSN": _Entity(SsnRecognizer, 11),
     "IP_ADDRESS": _Entity(lambda: RegexRecognizer("IP_ADDRESS", _IPV4, _ip_score, ["ip", "ipv4"]), 15),
     "IPV6": _Entity(lambda: RegexRecognizer("IP_ADDRESS", _IPV6, _ip_score, ["ip", "ipv6"]), 45),
@@ -282,12 +295,12 @@ class _Windows:
 
     def __init__(self, text: str) -> None:
         spans: list[list[int]] = []
+        core = -1  # end of the token holding the last digit run: later runs in it change nothing
         for m in _DIGITS.finditer(text):
-            e = _token_end(text, m.end())
-            e = _token_end(text, e + 1) if e < len(text) else e
-            if spans and m.start() < spans[-1][1]:
-                spans[-1][1] = max(spans[-1][1], e)
+            if m.start() < core:
                 continue
+            core = _token_end(text, m.end())
+            e = _token_end(text, core + 1) if core < len(text) else core
             s = _token_start(text, m.start())
             s = _token_start(text, s - 1) if s > 0 else s
             if spans and s <= spans[-1][1]:
@@ -317,13 +330,14 @@ class _Windows:
 
 def _token_start(text: str, i: int) -> int:
     """Start of the whitespace-delimited token holding ``text[i]``."""
-    return max(text.rfind(" ", 0, i), text.rfind("\n", 0, i), text.rfind("\t", 0, i)) + 1
+    m = _SPACE_BEFORE.search(text, 0, i)
+    return m.end() if m else 0
 
 
 def _token_end(text: str, i: int) -> int:
     """End of the token holding ``text[i - 1]``: the next whitespace at or after ``i``, or the end."""
-    ends = [j for j in (text.find(" ", i), text.find("\n", i), text.find("\t", i)) if j >= 0]
-    return min(ends, default=len(text))
+    m = _SPACE.search(text, i)
+    return m.start() if m else len(text)
 
 
 #: detected unless configured otherwise: the goals' five plus the cheap, checksummed or context-gated rest
@@ -375,6 +389,8 @@ class PiiCheck:
         #: the longest entity reported whole (the stream hold-back covers it)
         self.max_span_chars = max((spec.max_chars for spec, _ in self._runs), default=0)
         self._rank = {e: i for i, e in enumerate(self.entities)}
+        if "EMAIL_ADDRESS" in self.entities:
+            _suffixes()  # load the suffix snapshot now (~50 ms), not on the first e-mail of a request
 
     def scan(self, texts: Sequence[str]) -> list[list[Finding]]:
         return [self.find(t) for t in texts]
@@ -388,10 +404,10 @@ class PiiCheck:
                 wins = _Windows(text) if wins is None else wins
                 if not wins.text:
                     continue
-                results = rec.analyze(wins.text, rec.supported_entities, None)
+                results = rec.analyze(wins.text, rec.supported_entities, _NO_NLP)
                 spans = [wins.origin(r.start, r.end) for r in results]
             elif spec.gate.search(text):
-                results = rec.analyze(text, rec.supported_entities, None)
+                results = rec.analyze(text, rec.supported_entities, _NO_NLP)
                 spans = [(r.start, r.end) for r in results]
             else:
                 continue
@@ -404,7 +420,9 @@ class PiiCheck:
                 if spec.context_only or score < self.score_threshold:
                     if not _has_context(text, start, end, ctx):
                         continue
-                    score = min(1.0, score + self.context_boost)
+                    # a context word confirms a weak match (Presidio's enhancer alone would leave a
+                    # 0.05 bank-number pattern at 0.4, under any useful threshold)
+                    score = max(min(1.0, score + self.context_boost), self.score_threshold)
                 if score < self.score_threshold or text[start:end].casefold() in self.allow:
                     continue
                 f = Finding(r.entity_type, start, end, round(score, 4))
