@@ -98,7 +98,10 @@ def test_a_stream_never_carries_a_blocked_or_redacted_span(platform: Platform) -
     assert not any(w in text for w in (*PII_WORDS, "BEGIN", "PRIVATE", "MIIE"))
     assert text.startswith("Call the desk on [PHONE_NUMBER] or write to [EMAIL_ADDRESS]")
     assert deltas > 10  # released word by word behind the hold-back, not in one piece at the end
-    assert usage is not None and usage.completion_tokens == len(GUARDED_ANSWER.split())
+    # a block closes the engine: usage bills what was generated, through the key header at least
+    words = GUARDED_ANSWER.split()
+    assert usage is not None
+    assert words.index("KEY-----") + 1 <= usage.completion_tokens <= len(words)
 
 
 def test_the_raw_stream_ends_with_the_output_decisions(platform: Platform) -> None:
