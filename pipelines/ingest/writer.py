@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.ingest.stages import scanned
 from services.retrieval.config import CollectionConfig
 from services.retrieval.store import VectorStore
 from services.retrieval.types import Chunk, SparseVector
@@ -48,6 +49,7 @@ class StoreWriter:
             metadata=json.loads(row["metadata"]),
             doc_chunks=int(row["doc_chunks"]),
         )
+        chunk = scanned(chunk, row)
         sparse = SparseVector(*(tuple(x) for x in json.loads(row["sparse"]))) if row["sparse"] else None
         parts = self.pending.setdefault(chunk.doc_id, [])
         parts.append((chunk, np.frombuffer(row["dense"], dtype=np.float32), sparse))

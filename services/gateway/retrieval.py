@@ -65,6 +65,7 @@ class RetrievalServing:
             hybrid=req.hybrid,
             filter_strategy=req.filter_strategy,
             hnsw_ef=req.hnsw_ef,
+            exclude_flagged=req.exclude_flagged,
             trace=obs.trace_carrier() if obs is not None else None,
             obs=obs,
         )

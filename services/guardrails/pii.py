@@ -268,7 +268,9 @@ _ENTITIES: dict[str, _Entity] = {
         lambda: RegexRecognizer("PHONE_NUMBER", _PHONE, _phone_score, _PHONE_CONTEXT), 32
     ),
     "CREDIT_CARD": _Entity(CardRecognizer, 25),
-    "IBAN_CODE": _Entity(lambda: IbanRecognizer(regex_flags=regex.DOTALL | regex.MULTILINE | regex.IGNORECASE), 42),
+    "IBAN_CODE": _Entity(
+        lambda: IbanRecognizer(regex_flags=regex.DOTALL | regex.MULTILINE | regex.IGNORECASE), 42
+    ),
     "US_SSN": _Entity(SsnRecognizer, 11),
     "IP_ADDRESS": _Entity(lambda: RegexRecognizer("IP_ADDRESS", _IPV4, _ip_score, ["ip", "ipv4"]), 15),
     "IPV6": _Entity(lambda: RegexRecognizer("IP_ADDRESS", _IPV6, _ip_score, ["ip", "ipv6"]), 45),

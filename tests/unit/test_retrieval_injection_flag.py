@@ -29,7 +29,14 @@ from services.retrieval.store import VectorStore, legacy
 from services.retrieval.store.base import chunk_from_payload
 from services.retrieval.store.edge import BOOL_TERMS, EdgeStore
 from services.retrieval.store.server import ServerStore, qdrant_filter
-from services.retrieval.types import INJECTION_FLAGGED, INJECTION_SCORE, Chunk, Document, chunk_id, content_hash
+from services.retrieval.types import (
+    INJECTION_FLAGGED,
+    INJECTION_SCORE,
+    Chunk,
+    Document,
+    chunk_id,
+    content_hash,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -119,14 +126,16 @@ def test_the_python_matcher_and_the_server_filter_agree() -> None:
     assert [matches(spec, c.payload()) for c in (plain, clean, flagged, other)] == [True, True, False, False]
     assert all(matches(build_filter(None, "t"), c.payload()) for c in (plain, clean, flagged))
     assert spec.tenant_only().exclude_flagged  # the post strategy keeps it in the engine's filter
-    flt = qdrant_filter(spec)
-    assert flt.must_not is not None and flt.must_not[0].key == INJECTION_FLAGGED  # type: ignore[union-attr]
+    must_not = qdrant_filter(spec).must_not
+    assert isinstance(must_not, list) and [c.key for c in must_not] == [INJECTION_FLAGGED]  # type: ignore[union-attr]
     assert qdrant_filter(build_filter(None, "t")).must_not is None
 
 
 def test_collection_config_fields() -> None:
     assert CollectionConfig(name="docs").scan_injection is False
-    assert CollectionConfig(name="docs", scan_injection=True, injection_threshold=0.4).injection_threshold == 0.4
+    assert (
+        CollectionConfig(name="docs", scan_injection=True, injection_threshold=0.4).injection_threshold == 0.4
+    )
     with pytest.raises(ValidationError, match="injection_threshold applies only with scan_injection"):
         CollectionConfig(name="docs", injection_threshold=0.4)
     with pytest.raises(ValidationError, match="injection_threshold"):
@@ -155,7 +164,8 @@ def test_exclude_flagged_leaves_flagged_chunks_out_and_keeps_old_payloads(
 
 
 def test_the_flag_is_a_payload_index_filter_on_edge(tmp_path: Path) -> None:
-    with EdgeStore(VectorStoreConfig(), str(tmp_path)) as store:
+    store = EdgeStore(VectorStoreConfig(), str(tmp_path))
+    with store:
         _write(store)
         store.optimize("docs")
         assert BOOL_TERMS in store._shard("docs").info().payload_schema
@@ -168,7 +178,8 @@ def test_a_migrated_legacy_collection_keeps_its_flags(tmp_path: Path) -> None:
     old.ensure_collection(CollectionConfig(name="docs"), DIM)
     old.upsert("docs", chunks, vecs, BM25.encode_documents([c.text for c in chunks]))
     old.close()
-    with EdgeStore(VectorStoreConfig(), str(tmp_path), allow_legacy=True) as edge:
+    edge = EdgeStore(VectorStoreConfig(), str(tmp_path), allow_legacy=True)
+    with edge:
         assert legacy.migrate(edge) == {"docs": 4}
         kept = edge.search("docs", "t", vecs[2], None, 10, exclude_flagged=True)
         assert {h.chunk.doc_id for h in kept} == {"d0", "d1"}
@@ -272,7 +283,7 @@ def test_a_failed_classifier_load_fails_the_batch_that_needs_it(monkeypatch: pyt
     monkeypatch.setattr(chunking, "injection_scorer", boom)
     stage = InjectionScanner(None)
     assert stage(_rows(["x"], ["unchanged"]))["injection_score"].shape == (1,)
-    with pytest.raises(RuntimeError, match="prompt_injection classifier failed: no prompt_injection.npz"):
+    with pytest.raises(RuntimeError, match=r"prompt_injection classifier failed: no prompt_injection\.npz"):
         stage(_rows(["x"], ["chunk"]))
 
 
