@@ -9,8 +9,9 @@ linear models over the features of :mod:`services.guardrails.features`:
 
 Scoring a text (``ClassifierCheck.scores``): cut it into token windows; a text of at
 most ``max_windows`` windows has every window embedded; a longer one goes through the
-cascade: the prefilter scores *every* window and only the first, the last and the
-prefilter's top ``max_windows - 2`` windows are embedded and scored. The text's score
+cascade: the prefilter scores *every* window and only ``max_windows`` of them are
+embedded and scored: the prefilter's best, then the first window (where a jailbreak
+template usually starts), the last, the prefilter's next best. The text's score
 is the highest window probability (max-pooling), its finding spans that window.
 
 **One encode for all heads.** Heads with the same window geometry form a process-wide
@@ -26,8 +27,10 @@ checks.
 
 from __future__ import annotations
 
+import io
 import json
 import threading
+import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -125,16 +128,23 @@ class Head:
             max_windows=self.max_windows,
             lex_scheme=LEX_SCHEME,
         )
-        with open(path, "wb") as f:
-            np.savez_compressed(
-                f,
-                meta=np.array(json.dumps(meta, sort_keys=True)),
-                emb_w=self.emb_w.astype(np.float32),
-                lex_w=self.lex_w.astype(np.float32),
-                bias=np.array([self.bias], np.float32),
-                pre_w=self.pre_w.astype(np.float32),
-                pre_b=np.array([self.pre_b], np.float32),
-            )
+        arrays = {
+            "meta": np.array(json.dumps(meta, sort_keys=True)),
+            "emb_w": self.emb_w.astype(np.float32),
+            "lex_w": self.lex_w.astype(np.float32),
+            "bias": np.array([self.bias], np.float32),
+            "pre_w": self.pre_w.astype(np.float32),
+            "pre_b": np.array([self.pre_b], np.float32),
+        }
+        # An .npz np.load reads, written by hand: np.savez stamps each member with the current
+        # time, and a retrained artifact should equal the committed one byte for byte.
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for name, arr in arrays.items():
+                buf = io.BytesIO()
+                np.lib.format.write_array(buf, arr, allow_pickle=False)
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type = zipfile.ZIP_DEFLATED
+                zf.writestr(info, buf.getvalue())
 
     # -- scoring ------------------------------------------------------------------------
     def prefilter(self, tw: TextWindows) -> np.ndarray:

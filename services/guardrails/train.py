@@ -68,6 +68,8 @@ HEADS: dict[str, dict[str, Any]] = {
         "other_negative": ("advbench", "xstest_unsafe", "dt_toxic_prompt"),
         "rule": {"max_fpr_pooled": 0.01, "max_fpr_source": 0.02},
         "train_in_context": True,
+        # the brief's target: TPR >= 95 % at <= 2 % FPR on the XSTest safe prompts of dev
+        "goal": {"min_dev_tpr": 0.95, "max_dev_fpr_xstest_safe": 0.02},
     },
     "harmful": {
         "positive": ("advbench", "xstest_unsafe"),
@@ -145,13 +147,13 @@ def load_sources(data_dir: Path = DATA_DIR) -> dict[str, list[Example]]:
     out["bold"] = sorted(bold[:BOLD_SAMPLE], key=lambda e: e.id)
     for name in ("dt_toxic", "dt_nontoxic"):
         with _open(data_dir, name) as f:
-            rows = [json.loads(line) for line in f if line.strip()]
+            dt: list[dict[str, Any]] = [json.loads(line) for line in f if line.strip()]
         out[f"{name}_prompt"] = [
             Example(f"{name}_prompt:{i}", f"{name}_prompt", r["prompt"]["text"], f"{name}:{i}")
-            for i, r in enumerate(rows)
+            for i, r in enumerate(dt)
         ]
         for part in ("prompt", "continuation"):
-            for i, r in enumerate(rows):
+            for i, r in enumerate(dt):
                 tox = r[part].get("toxicity")
                 if tox is None or not r[part]["text"].strip():
                     continue
@@ -507,6 +509,12 @@ def train_all(data_dir: Path, seed: int) -> tuple[dict[str, Head], dict[str, Any
             },
             "seconds": round(time.perf_counter() - t_head, 1),
         }
+        if "goal" in spec:
+            g, f = spec["goal"], figures[kind]
+            met = f["dev_tpr"]["rate"] >= g["min_dev_tpr"] and (
+                f["dev_fpr_by_source"]["xstest_safe"]["rate"] <= g["max_dev_fpr_xstest_safe"]
+            )
+            f["goal"] = {**g, "met": bool(met)}
         print(f"{kind}: threshold {thr:.4f}  dev TPR {figures[kind]['dev_tpr']['rate']}  "
               f"dev FPR {figures[kind]['dev_fpr_benign']['rate']}", flush=True)  # fmt: skip
     dev_ids: dict[str, list[str]] = {}
@@ -521,7 +529,7 @@ def train_all(data_dir: Path, seed: int) -> tuple[dict[str, Head], dict[str, Any
         "train_wall_s": round(time.perf_counter() - t0, 1),
         "data": {k: sha256_gunzip(data_dir / v) for k, v in FILES.items()}
         | {f"bold_{d}": sha256_gunzip(data_dir / f"bias/bold_{d}_prompts.json.gz") for d in BOLD_DOMAINS},
-        "encoder": {"model": enc.path.name, "backend": enc.backend, "dimension": enc.dimension},
+        "encoder": {"model": f"{enc.path.parent.name}/{enc.path.name}", "backend": enc.backend},
         "features": {
             "window_tokens": DEFAULT_WINDOW_TOKENS,
             "stride_tokens": DEFAULT_STRIDE_TOKENS,
@@ -536,41 +544,33 @@ def train_all(data_dir: Path, seed: int) -> tuple[dict[str, Head], dict[str, Any
     return heads, card
 
 
-def measure_latency(models: Path, data_dir: Path, runs: int = 60) -> dict[str, Any]:
+def measure_latency(models: Path, data_dir: Path, runs: int = 100) -> dict[str, Any]:
     """Milliseconds the two input heads add to a 2,000-token prompt (one shared encode), and to a
     short one. Each run's text differs (a numbered prefix), so no run reads the score cache."""
+    import os
+
     from services.guardrails.classifier import ClassifierCheck
 
     checks = [ClassifierCheck(k, artifact=models / f"{k}.npz") for k in ("prompt_injection", "harmful")]
-    ctx = [e.text for e in load_sources(data_dir)["squad_context"]]
-    tw = TextWindows.build(" ".join(ctx[:40]))
-    long_text = tw.text[: tw.spans[-1][3]]
     enc = shared_encoder()
-    long_text = enc.truncate(long_text, 2000)
-
-    def timed(text: str) -> list[float]:
-        out = []
+    ctx = [e.text for e in load_sources(data_dir)["squad_context"]]
+    long_text = enc.truncate("\n\n".join(ctx[:40]), 1990)
+    res: dict[str, Any] = {"runs": runs, "heads": [c.kind for c in checks], "load_avg_1m": os.getloadavg()[0]}
+    for name, text in (("2000_tokens", long_text), ("short_prompt", "How do I reverse a list in Python?")):
+        ms = []
         for i in range(runs + 5):
-            t = f"Request {i}. {text}"
             t0 = time.perf_counter()
             for c in checks:
-                c.scan([t])
-            out.append((time.perf_counter() - t0) * 1000)
-        return out[5:]
-
-    res: dict[str, Any] = {"runs": runs, "heads": [c.kind for c in checks]}
-    for name, text in (("2000_tokens", long_text), ("short_prompt", "How do I reverse a list in Python?")):
-        ms = np.asarray(timed(text))
-        res[name] = {
-            "p50_ms": round(float(np.percentile(ms, 50)), 2),
-            "p95_ms": round(float(np.percentile(ms, 95)), 2),
-        }
-    probe = TextWindows.build(long_text)
-    res["2000_tokens"]["tokens"] = enc.count_tokens([long_text])[0]
-    res["2000_tokens"]["windows"] = len(probe)
-    res["2000_tokens"]["windows_embedded"] = len(
-        {i for c in checks for i in c.head.picks(probe, c.max_windows)}
-    )
+                c.scan([f"Request {i}. {text}"])
+            ms.append((time.perf_counter() - t0) * 1000)
+        p50, p95 = np.percentile(ms[5:], [50, 95])
+        res[name] = {"p50_ms": round(float(p50), 2), "p95_ms": round(float(p95), 2)}
+    probe = TextWindows.build(f"Request 0. {long_text}")
+    res["2000_tokens"] |= {
+        "tokens": len(probe.ids),
+        "windows": len(probe),
+        "windows_embedded": len({i for c in checks for i in c.head.picks(probe, c.max_windows)}),
+    }
     return res
 
 
@@ -610,6 +610,9 @@ def render_card(card: dict[str, Any]) -> str:
         lines.append(
             f"| dev TPR, every window embedded (no cascade) | {_pct(h['dev_tpr_every_window_embedded'])} |"
         )
+        for s, r in h["dev_tpr_in_context"].items():
+            trained = "trained on" if HEADS[kind].get("train_in_context") else "not trained on"
+            lines.append(f"| dev TPR, {s} (set among 2-6 benign paragraphs; {trained}) | {_pct(r)} |")
         lines.append(f"| dev FPR, all benign | {_pct(h['dev_fpr_benign'])} |")
         for s, r in h["dev_fpr_by_source"].items():
             lines.append(f"| dev FPR, {s} | {_pct(r)} |")
@@ -621,6 +624,10 @@ def render_card(card: dict[str, Any]) -> str:
         lines.append(f"| FPR, all 250 XSTest safe ({xs['in_train']} of them in train) | {_pct(xs)} |")
         lines.append(f"| dev ROC AUC | {h['dev_roc_auc']} |")
         lines.append("")
+        if "goal" in h:
+            g = h["goal"]
+            lines += [f"Goal: dev TPR ≥ {g['min_dev_tpr']:.0%} at dev XSTest-safe FPR ≤ "
+                      f"{g['max_dev_fpr_xstest_safe']:.0%}: **{'met' if g['met'] else 'not met'}**.", ""]  # fmt: skip
     lat = card.get("latency")
     if lat:
         lt, sh = lat["2000_tokens"], lat["short_prompt"]
@@ -660,6 +667,11 @@ def check(models: Path, data_dir: Path, seed: int) -> list[str]:
     return problems
 
 
+def _write_card(out: Path, card: dict[str, Any]) -> None:
+    (out / "card.json").write_text(json.dumps(card, indent=1) + "\n")
+    (out / "CARD.md").write_text(render_card(card))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m services.guardrails.train", description=__doc__.split("\n")[0]
@@ -669,7 +681,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=DATA_DIR, help="data folder (default: %(default)s)")
     ap.add_argument("--check", action="store_true", help="retrain and compare with the artifacts in --out")
     ap.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    ap.add_argument("--latency-only", action="store_true", help="re-measure the latency of --out's card")
     args = ap.parse_args(argv)
+    if args.latency_only:
+        card = json.loads((args.out / "card.json").read_text())
+        card["latency"] = measure_latency(args.out, args.data)
+        _write_card(args.out, card)
+        print("latency:", card["latency"])
+        return 0
     if args.check:
         problems = check(args.out, args.data, args.seed)
         print("\n".join(problems) or f"artifacts in {args.out} match data and seed {args.seed}")
@@ -680,8 +699,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         head.save(args.out / f"{kind}.npz")
     if not args.no_latency:
         card["latency"] = measure_latency(args.out, args.data)
-    (args.out / "card.json").write_text(json.dumps(card, indent=1, sort_keys=False) + "\n")
-    (args.out / "CARD.md").write_text(render_card(card))
+    _write_card(args.out, card)
     for kind, h in card["heads"].items():
         print(f"{kind:17s} threshold {h['threshold']:.4f}  dev TPR {_pct(h['dev_tpr'])}  "
               f"dev FPR {_pct(h['dev_fpr_benign'])}  XSTest-safe FPR {_pct(h['xstest_safe_all'])}")  # fmt: skip
