@@ -70,13 +70,17 @@ def long_prompts(n: int, tokens: int = 2000) -> list[str]:
     enc = Encoder(backend="openvino")
     counts = enc.count_tokens(paragraphs)
     prompts, i = [], 0
-    for _ in range(n):
+    for k in range(n):
         parts, total = [], 0
         while total < tokens:
             parts.append(paragraphs[i % len(paragraphs)])
             total += counts[i % len(paragraphs)]
             i += 1
-        prompts.append("Summarise these notes for the on-call engineer:\n\n" + "\n\n".join(parts))
+        # the ticket number makes every prompt a distinct text: the paragraphs cycle, and the
+        # classifiers' per-text cache would otherwise answer repeats without encoding them
+        prompts.append(
+            f"Summarise these notes for the on-call engineer (ticket {k}):\n\n" + "\n\n".join(parts)
+        )
     return prompts
 
 
